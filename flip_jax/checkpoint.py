@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the train state and the data iterator, auto-resumed from the workdir.
+
+A checkpoint holds two items: `state` (step, params, extra = frozen/EMA variables,
+optimizer state; saved sharded, restored straight onto the mesh) and `data` (the grain
+iterator position of every host), so a resumed run sees exactly the batches it would
+have seen. Orbax writes into a temporary directory and renames it when complete, so a
+crash mid-save leaves the previous checkpoint as the latest usable one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from grain import checkpoint as grain_ckpt
+
+CKPT_DIR = "checkpoints"
+
+
+def manager(workdir: str, *, every_steps: int, keep: int, use_async: bool = True
+            ) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=every_steps, max_to_keep=keep, create=True,
+      enable_async_checkpointing=use_async)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CKPT_DIR),
+                               options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iter=None, *,
+         force: bool = False) -> bool:
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items["data"] = grain_ckpt.CheckpointSave(data_iter)
+  return mgr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
+            step: int | None = None) -> Any:
+  """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+  step = mgr.latest_step() if step is None else step
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain_ckpt.CheckpointRestore(data_iter)
+  restored = mgr.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"]
+
+
+def find_checkpoint_dir(path: str) -> tuple[str, int]:
+  """A workdir, its checkpoints/ dir or one step dir -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  for candidate in (os.path.join(path, CKPT_DIR), path):
+    if os.path.isdir(candidate):
+      steps = ocp.utils.checkpoint_steps(candidate)
+      if steps:
+        return candidate, max(steps)
+  parent, name = os.path.split(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return parent, int(name)
+  raise FileNotFoundError(f"no Orbax checkpoint found under {path!r}")
+
+
+def load_params(path: str) -> dict:
+  """Params (host numpy) of the newest checkpoint at `path`; the optimizer state is not read."""
+  ckpt_dir, step = find_checkpoint_dir(path)
+  logging.info("loading params from %s step %d", ckpt_dir, step)
+  state_dir = os.path.join(ckpt_dir, str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(state_dir).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                meta["params"])
+    out = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={"params": meta["params"]}, restore_args={"params": restore_args},
+        partial_restore=True))
+  return out["params"]

@@ -1,0 +1,106 @@
+"""Every knob the trainer reads, with its default. Method configs start from here.
+
+Configs are code (`configs/<method>_<size>.py`, `get_config(arg)`); this file is the
+one place that lists the keys, so `--config.some.key=value` overrides can be checked
+and a typo fails loudly instead of being ignored.
+"""
+import ml_collections
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.objective = "flip"  # a name in flip_jax.objectives.REGISTRY
+  c.seed = 0
+  c.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on TPU/GPU, float32 on CPU
+  c.image_size = 224
+  c.batch_size = 256  # global, summed over all hosts and devices
+  c.total_samples = 1_000_000  # training length in samples seen (not epochs)
+  c.mask_ratio = 0.5
+
+  # ---- model ------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.image = ml_collections.ConfigDict(dict(
+      variant="B/16",       # 'Ti|S|B|L|H|g/<patch>' or 'custom' (then width/depth/... below)
+      width=0, depth=0, heads=0, mlp_dim=0,  # 0 = take from the variant
+      pos_emb="sincos2d",   # 'sincos2d' (fixed) | 'learned'
+      cls_token=True,
+      ln_pre=False,
+      pool="gap",           # 'gap' (mean of all tokens incl. CLS) | 'cls' | 'map'
+      ln_post=True,
+      act="gelu",           # 'gelu' | 'quick_gelu'
+      drop_path=0.0,
+      remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs only)
+      mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)
+  ))
+  c.model.text = ml_collections.ConfigDict(dict(
+      width=512, depth=12, heads=8, mlp_dim=2048,
+      vocab_size=30522,     # overwritten by the tokenizer's size at start-up
+      pad_id=0,             # likewise; padding keys are masked in a non-causal tower
+      causal=False,
+      pool="first",         # 'first' | 'last' (EOS = argmax token id) | 'mean'
+      act="gelu",
+      remat="none",
+  ))
+  c.model.embed_dim = 512
+  c.model.logit_scale_init = 2.6592600369262695  # log(1/0.07)
+
+  # ---- data -------------------------------------------------------------
+  c.tokenizer = "bert-base-uncased"  # local dir/file, hub name, or 'wordpiece:digits'
+  c.text_len = 32
+  c.data = ml_collections.ConfigDict(dict(
+      source="digits",      # 'digits' | 'tfds' | 'wds'
+      name="",              # TFDS dataset name
+      data_dir="",          # TFDS data_dir, or the tar-shard glob for 'wds'
+      split="train",
+      image_key="image",
+      text_key="caption",
+      rrc_area=(0.5, 1.0),
+      rrc_ratio=(3 / 4, 4 / 3),
+      flip=True,
+      mean=CLIP_MEAN,
+      std=CLIP_STD,
+      num_workers=0,        # grain worker processes per host
+      shuffle_buffer=1000,  # for streamed (wds) sources
+      # zero-shot classification (data.build_eval_classification):
+      eval_dataset="digits",  # 'digits' or a TFDS classification dataset name
+      eval_data_dir="",       # TFDS data_dir of eval_dataset ('' = TFDS default)
+      label_key="label",      # label feature of eval_dataset (a tfds ClassLabel)
+  ))
+
+  # ---- optimisation ---------------------------------------------------
+  c.optim = ml_collections.ConfigDict(dict(
+      lr_per_256=4e-6,      # peak lr = lr_per_256 * batch_size / 256
+      b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.2,
+      schedule="cosine",    # 'cosine' | 'step' (x0.1 at step_at) | 'constant'
+      warmup_samples=0,
+      end_lr_ratio=0.0,     # cosine floor as a fraction of the peak
+      step_at=(0.875,),     # step schedule: fractions of training where lr *= 0.1
+      grad_clip=0.0,        # global-norm clip; 0 = off
+      no_decay=(r"(^|/)bias$", r"(^|/)scale$", r"pos_emb", r"cls_token", r"mask_token",
+                r"logit_scale"),
+      lr_mults=(),          # ((regex, multiplier), ...): first match wins
+      freeze=(),            # regexes of params that get no update
+  ))
+
+  # ---- run --------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.distributed = ml_collections.ConfigDict(dict(
+      auto=False,               # let JAX detect the cluster (TPU pod, SLURM)
+      coordinator_address="",   # 'host:port' of process 0; '' = env JAX_COORDINATOR_ADDRESS
+      num_processes=0,          # 0 = env JAX_NUM_PROCESSES (unset: single process)
+      process_id=-1,            # -1 = env JAX_PROCESS_ID
+  ))
+  c.fsdp_min_size = 2**18  # params with fewer elements stay replicated under FSDP
+  c.loss_impl = "global"   # 'global' (jit over the global batch) | 'local' (shard_map)
+  c.log_every_steps = 50
+  c.ckpt_every_steps = 1000
+  c.ckpt_keep = 3
+  c.ckpt_async = True
+  c.init_from = ""         # a workdir or checkpoint dir: params only, optimizer state dropped
+  c.profile_steps = 0      # >0: capture a profiler trace of this many steps
+  c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps, ...}
+  return c

@@ -1,0 +1,67 @@
+"""Config validation: every error at once, each naming its key, before anything compiles."""
+from __future__ import annotations
+
+import ml_collections
+
+from flip_jax import sharding
+from flip_jax.models import DTYPES
+from flip_jax.models.vit import POOLS, POS_EMBS, parse_variant
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+  from flip_jax import objectives  # registry; objectives never import this module
+
+  c, e = config, []
+  if not 0.0 <= c.mask_ratio < 1.0:
+    e.append(f"config.mask_ratio: must be in [0, 1), got {c.mask_ratio}")
+  patch = None
+  try:
+    _, patch = parse_variant(c.model.image.variant)
+  except ValueError as err:
+    e.append(f"config.model.image.variant: {err}")
+  if patch and c.image_size % patch:
+    e.append(f"config.image_size: {c.image_size} is not divisible by the patch size {patch}")
+  if c.model.image.pool not in POOLS:
+    e.append(f"config.model.image.pool: {c.model.image.pool!r} not in {POOLS}")
+  if c.model.image.pos_emb not in POS_EMBS:
+    e.append(f"config.model.image.pos_emb: {c.model.image.pos_emb!r} not in {POS_EMBS}")
+  if c.dtype != "auto" and c.dtype not in DTYPES:
+    e.append(f"config.dtype: {c.dtype!r} not 'auto' or one of {sorted(DTYPES)}")
+  if c.text_len < 1:
+    e.append(f"config.text_len: must be >= 1, got {c.text_len}")
+  if c.batch_size < 1:
+    e.append(f"config.batch_size: must be >= 1, got {c.batch_size}")
+  if c.total_samples < c.batch_size:
+    e.append(f"config.total_samples: {c.total_samples} is less than one batch ({c.batch_size})")
+  try:
+    dp = sharding.data_parallel_size(c.mesh, num_devices)
+    if c.batch_size % dp:
+      e.append(f"config.batch_size: {c.batch_size} is not divisible by the data-parallel size "
+               f"{dp} (config.mesh data x fsdp over {num_devices} devices)")
+  except ValueError as err:
+    e.append(str(err))
+  if c.optim.schedule not in ("cosine", "step", "constant"):
+    e.append(f"config.optim.schedule: {c.optim.schedule!r} not in ('cosine', 'step', 'constant')")
+  if c.optim.warmup_samples > c.total_samples:
+    e.append(f"config.optim.warmup_samples: {c.optim.warmup_samples} exceeds total_samples")
+  if c.objective not in objectives.REGISTRY:
+    e.append(f"config.objective: unknown {c.objective!r}; registered: "
+             f"{sorted(objectives.REGISTRY)}")
+  elif not any(m.startswith("config.dtype") for m in e):
+    e.extend(objectives.REGISTRY[c.objective](c).validate())
+  from flip_jax import evaluate
+  for name, ev in c.evals.items():
+    if ev.get("type") not in evaluate.REGISTRY:
+      e.append(f"config.evals.{name}.type: unknown {ev.get('type')!r}; registered: "
+               f"{sorted(evaluate.REGISTRY)}")
+  return e
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  errors = _errors(config, num_devices)
+  if errors:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,30 @@
+"""Entry point: python -m flip_jax.main --config=configs/flip_debug.py --workdir=DIR.
+
+Any config key can be overridden: --config.mask_ratio=0.75 --config.batch_size=4096.
+Running the same command again resumes from the newest complete checkpoint in DIR.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  import jax
+  from flip_jax import distributed, train
+  distributed.initialize(_CONFIG.value)
+  logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+               jax.process_count())
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,42 @@
+"""CLIP/FLIP two-tower model: image and text encoders projected into one normalised space."""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from flax import nnx
+
+from flip_jax.models.heads import projection
+from flip_jax.models.text import TextTransformer
+from flip_jax.models.vit import VisionTransformer
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def l2_normalize(x, eps=1e-6):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class TwoTowers(nnx.Module):
+
+  def __init__(self, *, image: dict, text: dict, embed_dim: int, image_size: int,
+               logit_scale_init: float = math.log(1 / 0.07), dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.image = VisionTransformer(image_size=image_size, dtype=dtype, rngs=rngs, **image)
+    self.text = TextTransformer(dtype=dtype, rngs=rngs, **text)
+    self.image_proj = projection(self.image.width, embed_dim, rngs=rngs, dtype=dtype)
+    self.text_proj = projection(self.text.width, embed_dim, rngs=rngs, dtype=dtype)
+    self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), axes=())
+
+  def encode_image(self, images, *, keep_indices=None, rng=None):
+    """-> L2-normalised [B, embed_dim] float32."""
+    pooled = self.image(images, keep_indices=keep_indices, rng=rng)["pooled"]
+    return l2_normalize(self.image_proj(pooled))
+
+  def encode_text(self, tokens, *, rng=None):
+    return l2_normalize(self.text_proj(self.text(tokens, rng=rng)["pooled"]))
+
+  def scale(self):
+    """exp of the learnable temperature, clipped to [1, 100] as in CLIP/FLIP."""
+    return jnp.exp(jnp.clip(self.logit_scale[...], 0.0, MAX_LOGIT_SCALE))

@@ -1,0 +1,75 @@
+"""What the trainer needs from a pre-training method, and the registry that finds it.
+
+The trainer splits the model into `nnx.Param` (trained, in the optimizer) and every
+other Variable ("extra": a frozen teacher, EMA weights). An objective that keeps a
+teacher stores it as a non-Param Variable type, and updates it in `after_update`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+from flip_jax.models import compute_dtype
+
+REGISTRY: dict[str, type["Objective"]] = {}
+
+
+def register(name: str) -> Callable:
+  def wrap(cls):
+    cls.name = name
+    REGISTRY[name] = cls
+    return cls
+  return wrap
+
+
+def get(config: ml_collections.ConfigDict) -> "Objective":
+  if config.objective not in REGISTRY:
+    raise ValueError(f"config.objective: unknown {config.objective!r}; "
+                     f"registered: {sorted(REGISTRY)}")
+  return REGISTRY[config.objective](config)
+
+
+class Objective:
+  """One pre-training method. Subclasses implement `build` and `loss`."""
+
+  name = "base"
+  has_text = False  # True when text_features exists (zero-shot, retrieval)
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.dtype = compute_dtype(config.dtype)
+
+  def validate(self) -> list[str]:
+    """Config errors specific to this method, each naming its key."""
+    return []
+
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError
+
+  def loss(self, model: nnx.Module, batch: dict, rng: jax.Array, step: jax.Array
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scalar loss (float32) and metrics, over the global batch."""
+    raise NotImplementedError
+
+  def after_update(self, params: Any, extra: Any, step: jax.Array) -> Any:
+    """New non-trained state after the optimizer step (EMA teachers). Default: unchanged."""
+    del params, step
+    return extra
+
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes/dtypes of one global batch (benchmark and planner feed these)."""
+    raise NotImplementedError
+
+  def image_features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
+    """Unmasked, deterministic image representation used by evaluators."""
+    raise NotImplementedError
+
+  def text_features(self, model: nnx.Module, tokens: jax.Array) -> jax.Array:
+    raise NotImplementedError(f"{self.name} has no text tower")
+
+  def flops_per_sample(self) -> float:
+    """Model FLOPs (forward + backward) per training sample, for MFU."""
+    raise NotImplementedError

@@ -1,0 +1,223 @@
+"""One training loop for every objective.
+
+The model is split once into trained params (`nnx.Param`) and `extra` (every other
+Variable: a frozen teacher, EMA weights). The train state is a plain pytree
+{step, params, extra, opt_state}, created already sharded on the mesh and updated by one
+jitted, donated step: loss/grads from the objective -> optax -> objective.after_update.
+This file knows no method by name; it reaches them through `objectives.get(config)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from clu import periodic_actions
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from flip_jax import checkpoint, config_check, evaluate, objectives, optim, sharding, writers
+from flip_jax.models.vit import resample_pos_emb
+
+
+def total_steps(config) -> int:
+  """Training length in steps: enough to see `total_samples` (never fewer)."""
+  return math.ceil(config.total_samples / config.batch_size)
+
+
+# ------------------------------------------------------------------ state & step
+
+class Trainer:
+  """Static pieces of training (graph, optimizer, shardings) and the jitted step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh, objective=None):
+    self.config, self.mesh = config, mesh
+    self.objective = objective or objectives.get(config)
+    abstract = nnx.eval_shape(lambda: self.objective.build(nnx.Rngs(config.seed)))
+    self.graphdef, abs_params, abs_extra = nnx.split(abstract, nnx.Param, ...)
+    min_size = config.fsdp_min_size
+    param_specs = sharding.param_specs(abs_params, mesh, min_size=min_size)
+    extra_specs = sharding.param_specs(abs_extra, mesh, min_size=min_size)
+    params_sds = nnx.to_pure_dict(abs_params)
+    self.tx = optim.make(config, params_sds)
+    self.lr = optim.schedule(config)
+    opt_sds = jax.eval_shape(self.tx.init, params_sds)
+    self.specs = {"step": P(), "params": param_specs, "extra": extra_specs,
+                  "opt_state": sharding.specs_like(opt_sds, param_specs, params_sds)}
+    self.shardings = sharding.named(mesh, self.specs)
+    self.batch_shardings = {k: jax.NamedSharding(mesh, sharding.batch_spec(len(v.shape)))
+                            for k, v in self.objective.batch_spec().items()}
+    self.rng = jax.random.key(config.seed + 1)
+    self.init = jax.jit(self._init, out_shardings=self.shardings)
+    self.step = jax.jit(self._step, in_shardings=(self.shardings, self.batch_shardings),
+                        out_shardings=(self.shardings, None), donate_argnums=(0,))
+
+  def _init(self) -> dict:
+    model = self.objective.build(nnx.Rngs(self.config.seed))
+    _, params, extra = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "extra": nnx.to_pure_dict(extra), "opt_state": self.tx.init(params)}
+
+  def abstract_state(self) -> Any:
+    """ShapeDtypeStructs with shardings: what Orbax restores onto and the planner lowers."""
+    shapes = jax.eval_shape(self._init)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.shardings)
+
+  def model(self, state) -> nnx.Module:
+    return nnx.merge(self.graphdef, state["params"], state["extra"])
+
+  def _step(self, state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(self.rng, step)
+
+    def loss_fn(params):
+      model = nnx.merge(self.graphdef, params, state["extra"])
+      return self.objective.loss(model, batch, rng, step)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    extra = self.objective.after_update(params, state["extra"], step)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params), lr=self.lr(step))
+    return {"step": step + 1, "params": params, "extra": extra, "opt_state": opt_state}, metrics
+
+  def features(self, state) -> evaluate.Features:
+    obj = self.objective
+    return evaluate.Features(obj.image_features, obj.text_features if obj.has_text else None,
+                             self.graphdef,
+                             (state["params"], state["extra"]), self.mesh)
+
+
+def load_init_params(trainer: Trainer, path: str) -> dict:
+  """Params from another run for fine-tuning: same tree, pos-emb resampled if the grid changed."""
+  loaded = checkpoint.load_params(path)
+  target = jax.eval_shape(trainer._init)["params"]
+  flat_loaded = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+  by_name = {"/".join(sharding._keystr(k)): v for k, v in flat_loaded.items()}
+
+  def pick(path, sds):
+    name = "/".join(sharding._keystr(path))
+    if name not in by_name:
+      raise ValueError(f"config.init_from={path!r}: checkpoint has no param {name!r}")
+    value = np.asarray(by_name[name])
+    if value.shape != sds.shape:
+      if name.endswith("pos_emb") and value.ndim == 2 and value.shape[1] == sds.shape[1]:
+        prefix = int(trainer.config.model.image.cls_token)
+        value = resample_pos_emb(value, sds.shape[0] - prefix, prefix)
+      else:
+        raise ValueError(f"config.init_from: param {name!r} has shape {value.shape} in the "
+                         f"checkpoint, the model expects {sds.shape}")
+    return value.astype(sds.dtype)
+
+  return jax.tree_util.tree_map_with_path(pick, target)
+
+
+# ------------------------------------------------------------------ the loop
+
+def setup_tokenizer(config, workdir):
+  """Loads (or trains, for the debug vocab) the tokenizer and sizes the text tower to it."""
+  from flip_jax.data import tokenizer as tokenizer_lib
+  tok = tokenizer_lib.get_tokenizer(config, workdir)
+  with config.unlocked():
+    config.model.text.vocab_size = tok.vocab_size
+    config.model.text.pad_id = tok.pad_id
+  return tok
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains until `config.total_samples`; resumes from `workdir` if it holds a checkpoint."""
+  from flip_jax import data
+
+  # ---- set-up ----------------------------------------------------------
+  config_check.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = setup_tokenizer(config, workdir) if config.get("tokenizer") else None
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  trainer = Trainer(config, mesh)
+  n_steps = total_steps(config)
+  mgr = checkpoint.manager(workdir, every_steps=config.ckpt_every_steps, keep=config.ckpt_keep,
+                           use_async=config.ckpt_async)
+  data_iter = data.build_train(config, tokenizer, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+  with jax.set_mesh(mesh):
+    if mgr.latest_step() is not None:
+      logging.info("resuming from %s step %d", mgr.directory, mgr.latest_step())
+      state = checkpoint.restore(mgr, trainer.abstract_state(), data_iter)
+    else:
+      state = trainer.init()
+      if config.init_from:
+        params = load_init_params(trainer, config.init_from)
+        state["params"] = jax.device_put(params, trainer.shardings["params"])
+    start = int(state["step"])
+
+    writer = writers.create(workdir, is_main=is_main)
+    if is_main and start > 0:
+      writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), start)
+    hooks = [periodic_actions.ReportProgress(num_train_steps=n_steps, writer=writer,
+                                             every_steps=config.log_every_steps)]
+    if config.profile_steps > 0 and is_main:
+      hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
+                                            logdir=workdir))
+    evaluators = evaluate.build(config, workdir)
+    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+
+    # ---- train -------------------------------------------------------
+    acc, t_log, last, since_log = None, time.time(), {}, 0
+    for step in range(start + 1, n_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding.global_batch(mesh, next(data_iter))
+        state, metrics = trainer.step(state, batch)
+      acc, since_log = _accumulate(acc, metrics), since_log + 1
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every_steps == 0 or step == n_steps:
+        scalars = {k: float(v) for k, v in acc.compute().items()}
+        dt = time.time() - t_log
+        scalars.update(samples=step * config.batch_size,
+                       images_per_s=since_log * config.batch_size / max(dt, 1e-9))
+        writer.write_scalars(step, scalars)
+        last, acc, t_log, since_log = scalars, None, time.time(), 0
+      for ev in evaluators:
+        if (ev.every_steps and step % ev.every_steps == 0) or step == n_steps:
+          results = ev.run(trainer.features(state))
+          writer.write_scalars(step, {f"eval/{ev.name}/{k}": v for k, v in results.items()})
+          last.update({f"eval/{ev.name}/{k}": v for k, v in results.items()})
+          t_log = time.time()
+      checkpoint.save(mgr, step, state, data_iter, force=step == n_steps)
+    mgr.wait_until_finished()
+    writer.flush()
+  return {"state": state, "metrics": last}
+
+
+def _accumulate(acc, metrics):
+  names = sorted(metrics)
+  coll = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in names})
+  single = coll.single_from_model_output(**metrics)
+  return single if acc is None else acc.merge(single)
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+  return out

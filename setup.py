@@ -1,0 +1,36 @@
+"""flip_jax: masked visual representation learning at scale, in JAX/Flax.
+
+Version ranges here; `requirements-lock.txt` pins what CI installs against.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="flip_jax",
+    version="0.1.0",
+    description="FLIP, EVA, ExtreMA and SimMIM pre-training in JAX/Flax nnx, TPU-first.",
+    packages=find_packages(include=["flip_jax", "flip_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12.0,<0.13",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "array_record>=0.7",
+        "tensorflow-datasets>=4.9.7",
+        "ml_collections>=1.0",
+        "clu>=0.0.12",
+        "tensorflow-cpu>=2.18",
+        "tensorboard>=2.18",
+        "transformers>=4.50",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "pillow>=10",
+        "scikit-learn>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "scikit-image>=0.24"],
+        "tpu": ["jax[tpu]"],
+    },
+)
