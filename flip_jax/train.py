@@ -89,8 +89,8 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     extra = self.objective.after_update(params, state["extra"], step)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), lr=self.lr(step))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params), lr=self.lr(step))
     return {"step": step + 1, "params": params, "extra": extra, "opt_state": opt_state}, metrics
 
   def features(self, state) -> evaluate.Features:

@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny configs and batches."""
+import importlib.util
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg=None):
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def tiny_flip_config(**overrides):
+  """flip_debug shrunk further: depth 2, width 32, vocab 64; float32."""
+  c = load_config("flip_debug")
+  c.model.image.update(width=32, depth=2, heads=2, mlp_dim=64)
+  c.model.text.update(width=32, depth=2, heads=2, mlp_dim=64, vocab_size=64)
+  c.model.embed_dim = 32
+  c.text_len = 8
+  c.batch_size = 16
+  c.total_samples = 16 * 20
+  c.dtype = "float32"
+  c.evals = {}
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def random_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, s = config.batch_size, config.image_size
+  tokens = rng.integers(1, config.model.text.vocab_size, (b, config.text_len)).astype(np.int32)
+  tokens[:, -2:] = 0  # some padding
+  return {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32), "text": tokens}
