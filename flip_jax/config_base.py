@@ -65,9 +65,6 @@ def base_config() -> ml_collections.ConfigDict:
       num_workers=0,        # grain worker processes per host
       shuffle_buffer=1000,  # for streamed (wds) sources
       # zero-shot classification (data.build_eval_classification):
-      eval_dataset="digits",  # 'digits' or a TFDS classification dataset name
-      eval_data_dir="",       # TFDS data_dir of eval_dataset ('' = TFDS default)
-      label_key="label",      # label feature of eval_dataset (a tfds ClassLabel)
   ))
 
   # ---- optimisation ---------------------------------------------------

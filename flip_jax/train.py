@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -136,8 +138,40 @@ def setup_tokenizer(config, workdir):
   return tok
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains until `config.total_samples`; resumes from `workdir` if it holds a checkpoint."""
+class _StopSignal:
+  """SIGTERM/SIGINT -> finish the current step, checkpoint, return (the next start resumes)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("signal %d: stopping after this step with a checkpoint", signum)
+    self.received = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def should_stop(self, mgr, step) -> bool:
+    # On several hosts Orbax's preemption sync makes every host stop at the same step.
+    return self.received or (jax.process_count() > 1 and mgr.reached_preemption(step))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | None = None
+        ) -> dict:
+  """Trains until `config.total_samples`; resumes from `workdir` if it holds a checkpoint.
+
+  `until_step` stops early (with a checkpoint) as a preemption would; the schedule is
+  still the full run's, so a later call continues exactly where this one stopped.
+  """
   from flip_jax import data
 
   # ---- set-up ----------------------------------------------------------
@@ -156,7 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_iter = data.build_train(config, tokenizer, process_index=jax.process_index(),
                                process_count=jax.process_count())
 
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), _StopSignal() as stop:
     if mgr.latest_step() is not None:
       logging.info("resuming from %s step %d", mgr.directory, mgr.latest_step())
       state = checkpoint.restore(mgr, trainer.abstract_state(), data_iter)
@@ -180,7 +214,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---- train -------------------------------------------------------
     acc, t_log, last, since_log = None, time.time(), {}, 0
-    for step in range(start + 1, n_steps + 1):
+    end = n_steps if until_step is None else min(until_step, n_steps)
+    for step in range(start + 1, end + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(mesh, next(data_iter))
         state, metrics = trainer.step(state, batch)
@@ -200,7 +235,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write_scalars(step, {f"eval/{ev.name}/{k}": v for k, v in results.items()})
           last.update({f"eval/{ev.name}/{k}": v for k, v in results.items()})
           t_log = time.time()
-      checkpoint.save(mgr, step, state, data_iter, force=step == n_steps)
+      stopping = step == end or stop.should_stop(mgr, step)
+      checkpoint.save(mgr, step, state, data_iter, force=stopping)
+      if stopping:
+        break
     mgr.wait_until_finished()
     writer.flush()
   return {"state": state, "metrics": last}

@@ -25,6 +25,7 @@ def tiny_flip_config(**overrides):
   c.batch_size = 16
   c.total_samples = 16 * 20
   c.dtype = "float32"
+  c.optim.warmup_samples = 16 * 2
   c.evals = {}
   for k, v in overrides.items():
     node = c

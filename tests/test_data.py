@@ -229,7 +229,7 @@ def test_hosts_read_disjoint_slices_that_cover_the_data(tokenizer):
 
 def test_eval_classification_digits():
   config = make_config()
-  images, labels, names, templates = data.build_eval_classification(config, "test")
+  images, labels, names, templates = data.build_eval_classification(config, split="test")
   assert images.shape == (360, SIZE, SIZE, 3) and images.dtype == np.float32
   assert labels.dtype == np.int32 and set(labels.tolist()) == set(range(10))
   assert names == digits.CLASS_NAMES and templates == digits.ZERO_SHOT_TEMPLATES

@@ -237,8 +237,9 @@ def test_tfds_hosts_read_disjoint_slices(tfds_dir):
 
 
 def test_tfds_eval_classification(tfds_dir):
-  config = make_config(eval_dataset="tiny_digits", eval_data_dir=tfds_dir)
-  images, labels, names, templates = data.build_eval_classification(config, "test")
+  config = make_config()
+  images, labels, names, templates = data.build_eval_classification(
+      config, dataset="tiny_digits", split="test", data_dir=tfds_dir)
   assert images.shape == (20, SIZE, SIZE, 3) and images.dtype == np.float32
   np.testing.assert_array_equal(np.sort(labels),  # TFDS stores examples shuffled
                                 np.sort(digits.load_split("test")[1][:20]))

@@ -22,7 +22,10 @@ class ZeroShot(Evaluator):
   def __init__(self, name, cfg, config, workdir):
     super().__init__(name, cfg, config, workdir)
     self.images, self.labels, self.class_names, self.templates = (
-        data.build_eval_classification(config, split=cfg.get("split", "test")))
+        data.build_eval_classification(
+            config, dataset=cfg.get("dataset", "digits"), split=cfg.get("split", "test"),
+            data_dir=cfg.get("data_dir", ""), image_key=cfg.get("image_key", "image"),
+            label_key=cfg.get("label_key", "label")))
     self.tokenizer = tokenizer_lib.get_tokenizer(config, workdir)
 
   def run(self, features):

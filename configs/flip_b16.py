@@ -1,0 +1,17 @@
+"""FLIP ViT-B/16 on LAION-400M: the paper's recipe (Li et al. 2023, official configs).
+
+  python -m flip_jax.main --config=configs/flip_b16.py \
+      --config.data.data_dir='gs://BUCKET/laion400m/{00000..41407}.tar' --workdir=gs://...
+
+Argument `unmasked`: the unmasked-tuning recipe (mask 0, lr 4e-8 per 256, 0.4 epoch,
+params from --config.init_from=PRETRAIN_WORKDIR, optimizer state dropped).
+"""
+from flip_jax import flip_recipe
+
+
+def get_config(arg=None):
+  c = flip_recipe.laion_config(arg)
+  c.model.image.variant = "B/16"
+  c.model.text.update(width=512, depth=12, heads=8, mlp_dim=2048)
+  c.model.embed_dim = 512
+  return c

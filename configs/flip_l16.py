@@ -1,0 +1,15 @@
+"""FLIP ViT-L/16 on LAION-400M: the paper's main model (zero-shot IN-1K 74.3 at mask 0.5).
+
+Argument `unmasked`: the unmasked-tuning recipe; see flip_b16.py. Optimizer state and
+params are FSDP-sharded over 8 devices (the official code partitions states for L).
+"""
+from flip_jax import flip_recipe
+
+
+def get_config(arg=None):
+  c = flip_recipe.laion_config(arg)
+  c.model.image.variant = "L/16"
+  c.model.text.update(width=768, depth=12, heads=12, mlp_dim=3072)
+  c.model.embed_dim = 768
+  c.mesh.update(data=-1, fsdp=8)
+  return c

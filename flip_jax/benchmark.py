@@ -1,0 +1,136 @@
+"""Step-time benchmark of the real train step, one JSON line per setting.
+
+  python -m flip_jax.benchmark --config=configs/flip_b16.py --mask_ratios=0,0.5,0.75 \
+      --batch=8 --steps=3
+
+Every setting compiles the trainer's jitted step (both towers, loss, optimizer update)
+on random inputs in this one process, so ratios between settings (speedup_vs_unmasked)
+are meaningful on a noisy machine. MFU = analytic model FLOPs / step time / peak, where
+the peak is the device's bf16 figure on TPU/GPU (from the table below, with its source)
+and a measured large float32 matmul on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
+_MASKS = flags.DEFINE_list("mask_ratios", ["0", "0.5", "0.75"], "mask ratios to compare")
+_BATCH = flags.DEFINE_integer("batch", 8, "global batch size (overrides the config)")
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per setting (after one warm-up)")
+_DTYPE = flags.DEFINE_string("dtype", None, "override config.dtype")
+
+# bf16 dense peak FLOP/s per JAX device; sources: vendor spec sheets.
+PEAK_BF16 = {
+    "TPU v3": (61.5e12, "cloud.google.com/tpu/docs/v3: 123 TFLOP/s per chip, 2 cores"),
+    "TPU v4": (275e12, "cloud.google.com/tpu/docs/v4: 275 TFLOP/s per chip"),
+    "TPU v5 lite": (197e12, "cloud.google.com/tpu/docs/v5e: 197 TFLOP/s per chip"),
+    "TPU v5p": (459e12, "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s per chip"),
+    "TPU v5": (459e12, "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s per chip"),
+    "TPU v6 lite": (918e12, "cloud.google.com/tpu/docs/v6e: 918 TFLOP/s per chip"),
+    "H200": (989e12, "NVIDIA H200 SXM datasheet: 989 TFLOP/s dense BF16"),
+    "H100": (989e12, "NVIDIA H100 SXM datasheet: 989 TFLOP/s dense BF16"),
+    "A100": (312e12, "NVIDIA A100 datasheet: 312 TFLOP/s dense BF16"),
+}
+
+
+def measured_matmul_peak(n: int = 2048, reps: int = 5) -> float:
+  """Best-of-`reps` float32 FLOP/s of an n x n matmul on the default device."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def device_peak() -> tuple[float, str, str]:
+  import jax
+  dev = jax.devices()[0]
+  kind = dev.device_kind
+  if dev.platform == "cpu":
+    return measured_matmul_peak() * jax.device_count(), "measured f32 2048^2 matmul", kind
+  for key, (peak, src) in PEAK_BF16.items():
+    if key in kind:
+      return peak * jax.device_count(), src, kind
+  raise ValueError(f"no bf16 peak known for device kind {kind!r}; add it to PEAK_BF16")
+
+
+def time_step(config, steps: int) -> float:
+  """Median wall seconds of the trainer's step on random inputs (after compile + warm-up)."""
+  import jax
+  import numpy as np
+  from flip_jax import sharding, train
+
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = train.Trainer(config, mesh)
+  rng = np.random.default_rng(0)
+  batch = {}
+  for k, s in trainer.objective.batch_spec().items():
+    if np.issubdtype(s.dtype, np.integer):
+      batch[k] = rng.integers(0, 100, s.shape).astype(s.dtype)
+    else:
+      batch[k] = rng.normal(size=s.shape).astype(s.dtype)
+  with jax.set_mesh(mesh):
+    batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
+    state = trainer.init()
+    state, m = trainer.step(state, batch)  # compile + warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, m = trainer.step(state, batch)
+      jax.block_until_ready((state, m))
+      times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def run(config, mask_ratios, batch: int, steps: int) -> list[dict]:
+  from flip_jax import config_check, objectives
+  import jax
+
+  peak, peak_source, kind = device_peak()
+  rows, base = [], None
+  for r in mask_ratios:
+    c = config.copy_and_resolve_references()
+    c.batch_size, c.mask_ratio = batch, float(r)
+    c.total_samples = max(c.total_samples, batch)
+    c.evals = {}
+    config_check.validate(c, jax.device_count())
+    step_s = time_step(c, steps)
+    flops = objectives.get(c).flops_per_sample() * batch
+    if base is None and float(r) == 0.0:
+      base = step_s
+    rows.append(dict(
+        config=c.objective, mask_ratio=float(r), batch=batch, dtype=str(c.dtype),
+        step_s=round(step_s, 5), images_per_s=round(batch / step_s, 3),
+        speedup_vs_unmasked=round(base / step_s, 3) if base else None,
+        model_flops_per_step=flops, mfu=round(flops / step_s / peak, 4), peak_flops=peak,
+        peak_source=peak_source, device_kind=kind, devices=jax.device_count()))
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _DTYPE.value:
+    config.dtype = _DTYPE.value
+  run(config, _MASKS.value, _BATCH.value, _STEPS.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
