@@ -4,6 +4,7 @@ Any config key can be overridden: --config.mask_ratio=0.75 --config.batch_size=4
 Running the same command again resumes from the newest complete checkpoint in DIR.
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -19,11 +20,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   import jax
-  from flip_jax import distributed, train
+  from flip_jax import config_check, distributed, train
   distributed.initialize(_CONFIG.value)
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                jax.process_count())
-  train.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except config_check.ConfigError as err:
+    sys.exit(f"flip_jax: {err}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Configs: every shipped config validates; bad values fail early, naming their key."""
+import glob
+import os
+
+import jax
+import pytest
+
+from flip_jax import config_check, train
+from helpers import ROOT, load_config, tiny_flip_config
+
+CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_validate(name):
+  c = load_config(name)
+  config_check.validate(c, num_devices=8 if c.batch_size % 8 == 0 else 1)
+
+
+def test_flip_recipes():
+  l16 = load_config("flip_l16")
+  assert (l16.batch_size, l16.mask_ratio, l16.text_len) == (65536, 0.5, 32)
+  assert l16.total_samples == 10_000 * 1_281_167
+  assert (l16.optim.b2, l16.optim.weight_decay, l16.optim.lr_per_256) == (0.95, 0.2, 4e-6)
+  assert l16.model.embed_dim == 768 and not l16.model.text.causal
+  assert load_config("flip_b16").model.embed_dim == 512
+  assert load_config("flip_h14").model.text.depth == 24
+  tune = load_config("flip_l16", "unmasked")
+  assert tune.mask_ratio == 0.0 and tune.optim.lr_per_256 == 4e-8
+  with pytest.raises(ValueError, match="unmasked"):
+    load_config("flip_l16", "bogus")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("mask_ratio", 1.0, "config.mask_ratio"),
+    ("mask_ratio", -0.5, "config.mask_ratio"),
+    ("model.image.variant", "XL/16", "config.model.image.variant"),
+    ("batch_size", 12, "config.batch_size: 12 is not divisible by the data-parallel size 8"),
+    ("text_len", 0, "config.text_len"),
+    ("objective", "nope", "config.objective"),
+    ("dtype", "float64", "config.dtype"),
+    ("optim.schedule", "linear", "config.optim.schedule"),
+])
+def test_bad_values_name_their_key(key, value, message):
+  c = tiny_flip_config(**{key: value})
+  with pytest.raises(config_check.ConfigError, match=message.replace("(", r"\(")):
+    config_check.validate(c, num_devices=8)
+
+
+def test_all_errors_reported_together_before_compiling(tmp_path, monkeypatch):
+  c = tiny_flip_config(mask_ratio=2.0, text_len=0)
+  compiled = []
+  monkeypatch.setattr(train.Trainer, "__init__", lambda *a, **k: compiled.append(1))
+  with pytest.raises(config_check.ConfigError) as err:
+    train.run(c, str(tmp_path))
+  assert "config.mask_ratio" in str(err.value) and "config.text_len" in str(err.value)
+  assert not compiled and jax.device_count() == 8
