@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- model ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
+  c.model.type = "two_towers"  # 'two_towers' (CLIP/FLIP) | 'image_tower' (ViT + projection only)
   c.model.image = ml_collections.ConfigDict(dict(
       variant="B/16",       # 'Ti|S|B|L|H|g/<patch>' or 'custom' (then width/depth/... below)
       width=0, depth=0, heads=0, mlp_dim=0,  # 0 = take from the variant
@@ -34,17 +35,23 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path=0.0,
       remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs only)
       mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)
+      ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
+      patch_bias=True,      # bias of the patch embedding (OpenAI/HF CLIP: none)
+      attn_impl="xla",      # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn'
   ))
   c.model.text = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_dim=2048,
       vocab_size=30522,     # overwritten by the tokenizer's size at start-up
       pad_id=0,             # likewise; padding keys are masked in a non-causal tower
       causal=False,
-      pool="first",         # 'first' | 'last' (EOS = argmax token id) | 'mean'
+      pool="first",         # 'first' | 'last' (the EOS token, see eos_id) | 'mean'
+      eos_id=-1,            # pool='last' pools at the first eos_id; -1: at the largest id (OpenAI)
       act="gelu",
+      ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       remat="none",
+      attn_impl="xla",
   ))
-  c.model.embed_dim = 512
+  c.model.embed_dim = 512  # joint embedding width; 0 = no projection (image_tower only)
   c.model.logit_scale_init = 2.6592600369262695  # log(1/0.07)
 
   # ---- data -------------------------------------------------------------

@@ -22,12 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metrics as clu_metrics
-from clu import periodic_actions
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from flip_jax import checkpoint, config_check, evaluate, objectives, optim, sharding, writers
+from flip_jax import checkpoint, config_check, evaluate, objectives, optim, sharding
 from flip_jax.models.vit import resample_pos_emb
 
 
@@ -172,7 +170,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
   `until_step` stops early (with a checkpoint) as a preemption would; the schedule is
   still the full run's, so a later call continues exactly where this one stopped.
   """
-  from flip_jax import data
+  # The loop's logging needs clu (and so TensorFlow); the step above does not, so the
+  # benchmark and the planner import this module without them.
+  from clu import periodic_actions
+  from flip_jax import data, writers
 
   # ---- set-up ----------------------------------------------------------
   config_check.validate(config, jax.device_count())
@@ -245,6 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
 
 
 def _accumulate(acc, metrics):
+  from clu import metrics as clu_metrics
   names = sorted(metrics)
   coll = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in names})
   single = coll.single_from_model_output(**metrics)

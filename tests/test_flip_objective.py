@@ -105,7 +105,7 @@ def test_flip_metrics_and_unmasked_eval():
 def test_logit_scale_clipped():
   c = tiny_flip_config()
   model = objectives.get(c).build(nnx.Rngs(0))
-  model.logit_scale.value = jnp.asarray(9.0)
+  model.logit_scale[...] = jnp.asarray(9.0)
   np.testing.assert_allclose(model.scale(), 100.0, rtol=1e-6)
-  model.logit_scale.value = jnp.asarray(-3.0)
+  model.logit_scale[...] = jnp.asarray(-3.0)
   np.testing.assert_allclose(model.scale(), 1.0, rtol=1e-6)
