@@ -12,7 +12,7 @@ from flip_jax.data import digits
 
 DIGITS_SPEC = "wordpiece:digits"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-_PAD_TOKENS = ("[PAD]", "<pad>")
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")  # OpenAI CLIP pads with its EOS
 _EOS_TOKENS = ("[SEP]", "</s>", "<|endoftext|>")
 
 
@@ -37,6 +37,10 @@ class TextTokenizer:
   def decode(self, ids) -> list[str]:
     """Texts back from ids (special tokens dropped), for logs and tests."""
     return self._tokenizer.decode_batch([list(map(int, row)) for row in ids])
+
+  def to_str(self) -> str:
+    """tokenizer.json text, to ship beside exported weights (it reloads to the same ids)."""
+    return self._tokenizer.to_str()
 
 
 def _first_token_id(tokenizer: tokenizers.Tokenizer, candidates) -> int:

@@ -7,15 +7,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flip_jax.models.heads import projection
+from flip_jax.models.image_tower import embed_image, embed_patches, l2_normalize
 from flip_jax.models.text import TextTransformer
 from flip_jax.models.vit import VisionTransformer
 
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def l2_normalize(x, eps=1e-6):
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 class TwoTowers(nnx.Module):
@@ -31,8 +27,11 @@ class TwoTowers(nnx.Module):
 
   def encode_image(self, images, *, keep_indices=None, rng=None):
     """-> L2-normalised [B, embed_dim] float32."""
-    pooled = self.image(images, keep_indices=keep_indices, rng=rng)["pooled"]
-    return l2_normalize(self.image_proj(pooled))
+    return embed_image(self.image, self.image_proj, images, keep_indices=keep_indices, rng=rng)
+
+  def encode_patches(self, images):
+    """Projected per-patch features [B, L, embed_dim] (see image_tower.embed_patches)."""
+    return embed_patches(self.image, self.image_proj, images)
 
   def encode_text(self, tokens, *, rng=None):
     return l2_normalize(self.text_proj(self.text(tokens, rng=rng)["pooled"]))

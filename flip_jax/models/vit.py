@@ -89,6 +89,7 @@ class VisionTransformer(nnx.Module):
     self.width, self.depth, self.dtype, self.pool = width, depth, dtype, pool
     self.grid = image_size // self.patch
     self.num_patches = self.grid ** 2
+    self.num_prefix_tokens = int(cls_token)
     self.pos_emb_type = pos_emb
     p = self.patch
     self.patch_embed = Dense((p, p, 3), (width,), (None, None, None), ("embed",), rngs=rngs,

@@ -16,8 +16,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from flip_jax import masking, sharding
-from flip_jax.models import layers
-from flip_jax.models.two_towers import TwoTowers
+from flip_jax.models import from_config, layers
 from flip_jax.models.vit import parse_variant
 from flip_jax.objectives.base import Objective, register
 
@@ -63,16 +62,6 @@ def infonce_local(zimg, ztxt, scale, mesh=None):
 LOSSES = {"global": infonce_global, "local": infonce_local}
 
 
-def model_kwargs(config):
-  """Constructor kwargs of TwoTowers from config.model (shared with interop/inference)."""
-  m = config.model
-  image = dict(m.image)
-  text = dict(m.text)
-  text["max_len"] = config.text_len
-  return dict(image=image, text=text, embed_dim=m.embed_dim, image_size=config.image_size,
-              logit_scale_init=m.logit_scale_init)
-
-
 @register("flip")
 class Flip(Objective):
   has_text = True
@@ -83,10 +72,16 @@ class Flip(Objective):
       errors.append(f"config.loss_impl: {c.loss_impl!r} not in {sorted(LOSSES)}")
     if c.text_len < 1:
       errors.append(f"config.text_len: must be >= 1, got {c.text_len}")
+    if c.model.type != "two_towers":
+      errors.append(f"config.model.type: FLIP trains 'two_towers' (image and text), "
+                    f"got {c.model.type!r}")
+    if c.model.embed_dim < 1:
+      errors.append(f"config.model.embed_dim: FLIP needs a joint embedding, got "
+                    f"{c.model.embed_dim}")
     return errors
 
   def build(self, rngs):
-    return TwoTowers(dtype=self.dtype, rngs=rngs, **model_kwargs(self.config))
+    return from_config.build(self.config, rngs=rngs, dtype=self.dtype)
 
   def loss(self, model, batch, rng, step):
     del step
