@@ -264,6 +264,7 @@ def search(config, topology: str, devices, fsdp_sizes=None, per_device_batches=N
     c.batch_size = per_device * dp
     c.total_samples = max(c.total_samples, c.batch_size)
     row = plan(c, topology, devices)
+    jax.clear_caches()  # one executable at a time: a pod-size compile holds GBs of host memory
     report(row)
     if not row["fits"]:
       skip.add(fsdp)
@@ -343,31 +344,25 @@ def main(argv, flags: dict):
     devices = topology_devices(topology)
   except ValueError as err:
     sys.exit(f"flip_jax.plan: {err}")
-  rows = []
-
-  def report(row):
-    rows.append(row)
-    print(table_row(row), flush=True)
-
   print(table_header(), flush=True)
   try:
     for ratio in flags["mask_ratios"].value or [None]:
       c = config.copy_and_resolve_references()
       if ratio is not None:
         c.mask_ratio = float(ratio)
-      if not flags["search"].value:
-        report(plan(c, topology, devices))
-        continue
-      best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
-                    [int(x) for x in flags["per_device_batches"].value], report=report)
-      print("fastest that fits: " + (table_row(best) if best else "none"), flush=True)
-      if best:
-        print(to_json(dict(best, search_best=True)), flush=True)
+      if flags["search"].value:
+        best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
+                      [int(x) for x in flags["per_device_batches"].value],
+                      report=lambda row: print(table_row(row), flush=True))
+        print("fastest that fits: " + (table_row(best) if best else "none"), flush=True)
+        if best:
+          print(to_json(dict(best, search_best=True)), flush=True)
+      else:
+        row = plan(c, topology, devices)
+        jax.clear_caches()  # as in `search`
+        print(table_row(row) + "\n" + to_json(row), flush=True)  # each plan as it is done
   except config_check.ConfigError as err:
     sys.exit(f"flip_jax.plan: {err}")
-  if not flags["search"].value:
-    for row in rows:
-      print(to_json(row), flush=True)
 
 
 if __name__ == "__main__":
