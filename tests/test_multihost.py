@@ -16,15 +16,20 @@ from helpers import tiny_flip_config
 STEPS = 16
 
 # Runs in each process: a spy records the digits records this process reads, and a short
-# pause per step leaves time to preempt the run before it ends. Everything slow to import
-# is imported before the processes meet in `initialize`: gloo gives a process 30 s to
-# join a collective, and the first one comes soon after.
+# pause per step leaves time to preempt the run before it ends. gloo gives a process 30 s
+# to join a collective, which a process of a busy 2-core machine can miss: everything slow
+# to import is imported before the processes meet in `initialize`, and Orbax's barriers
+# use the coordination service (no such limit) instead of collectives.
 SNIPPET = """
 import json, sys, time
+from absl import flags
 from clu import periodic_actions
 from flip_jax import data, distributed, evaluate, objectives, sharding, train, writers
 from flip_jax.data import digits
 import test_multihost
+
+flags.FLAGS.mark_as_parsed()
+flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 read = []
 get = digits.DigitsSource.__getitem__
@@ -93,12 +98,13 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   group = multihost.launch(SNIPPET, args=[workdir, "first"], num_processes=2,
                            devices_per_process=2, env=env, initialize=False)
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while time.time() < deadline and max(logged_steps(workdir), default=0) < 3:
     assert all(p.poll() is None for p in group.procs), group.wait(10)
     time.sleep(0.2)
+  assert max(logged_steps(workdir), default=0) >= 3, "no progress in 10 minutes"
   group.send_signal(signal.SIGTERM, process_id=1)  # one host is preempted
-  results = group.wait(timeout=240)
+  results = group.wait(timeout=600)
   assert [r.returncode for r in results] == [0, 0], results[1].stderr[-3000:]
   stopped = max(logged_steps(workdir))
   assert 3 <= stopped < STEPS
@@ -106,7 +112,7 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
   assert saved == stopped  # both hosts stopped at the same step and saved it
 
   multihost.run(SNIPPET, args=[workdir, "second"], num_processes=2, devices_per_process=2,
-                env=env, initialize=False, timeout=300)
+                env=env, initialize=False, timeout=600)
   assert logged_steps(workdir) == list(range(1, STEPS + 1))  # written once, by process 0
   params, step = checkpoint.load_params(workdir), checkpoint.find_checkpoint_dir(workdir)[1]
   assert step == STEPS
