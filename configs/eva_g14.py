@@ -13,4 +13,7 @@ from flip_jax.recipes import eva as eva_recipe
 def get_config(arg=None):
   c = eva_recipe.paper_config(arg)
   c.model.image.variant = "g/14"
+  # ~1B params: replicated fp32 params + AdamW moments alone take 12.9 GB per device; FSDP
+  # over 8 devices shards them (set --config.mesh.fsdp=1 on fewer than 8 devices).
+  c.mesh.update(data=-1, fsdp=8)
   return c

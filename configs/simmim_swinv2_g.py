@@ -6,6 +6,11 @@
 
 Argument: the length, '125k' (default) | '250k' | '500k' iterations at batch 2048;
 192 px, window 12, 32-px masks at ratio 0.6, step schedule (x0.1 at 7/8).
+
+Mesh data=-1, fsdp=8: replicated, the ~1B params' fp32 state takes 12.9 GB a device and
+batch 2048 on a v4-128 slice does not fit. `python -m flip_jax.plan
+--config=configs/simmim_swinv2_g.py --topology=v4:4x4x4` (64 chips, mesh 8x8): 28.8 of
+32 GiB per chip, fits.
 """
 from flip_jax.recipes import simmim as simmim_recipe
 

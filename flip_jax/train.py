@@ -311,9 +311,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
       hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
                                             logdir=workdir))
     writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+    last = {}
+    if start == 0:
+      for ev in (e for e in evaluators if e.at_start):
+        last.update(_evaluate(ev, trainer, state, writer, 0))
 
     # ---- train -------------------------------------------------------
-    acc, t_log, last, since_log = None, time.time(), {}, 0
+    acc, t_log, since_log = None, time.time(), 0
     end = n_steps if until_step is None else min(until_step, n_steps)
     for step in range(start + 1, end + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -334,9 +338,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
         last, acc, t_log, since_log = scalars, None, time.time(), 0
       for ev in evaluators:
         if (ev.every_steps and step % ev.every_steps == 0) or step == n_steps:
-          results = evaluate.run(ev, trainer.features(state))
-          writer.write_scalars(step, {f"eval/{ev.name}/{k}": v for k, v in results.items()})
-          last.update({f"eval/{ev.name}/{k}": v for k, v in results.items()})
+          last.update(_evaluate(ev, trainer, state, writer, step))
           t_log = time.time()
       stopping = step == end or stop.should_stop(mgr, step)
       if log_now or stopping or mgr.should_save(step):
@@ -347,6 +349,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
     mgr.wait_until_finished()
     writer.flush()
   return {"state": state, "metrics": last}
+
+
+def _evaluate(ev, trainer, state, writer, step: int) -> dict[str, float]:
+  results = evaluate.run(ev, trainer.features(state))
+  scalars = {f"eval/{ev.name}/{k}": v for k, v in results.items()}
+  writer.write_scalars(step, scalars)
+  return scalars
 
 
 def _skipped_samples(data_iter) -> dict[str, int]:

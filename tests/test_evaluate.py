@@ -338,13 +338,15 @@ def test_class_name_file_of_wrong_length_stops_training_before_model_work(
 def test_unknown_keys_and_bad_values_fail_config_validation():
   c = digits_config(k=dict(type="knn", temprature=0.1, k=0),
                     z=dict(type="zeroshot", templates="clip81"),
-                    p=dict(type="linear_probe", val_fraction=1.5))
+                    p=dict(type="linear_probe", val_fraction=1.5),
+                    v=dict(type="val_loss", at_start="yes"))
   with pytest.raises(config_check.ConfigError) as err:
     config_check.validate(c, jax.device_count())
   message = str(err.value)
   for expected in ("config.evals.k.temprature: unknown key", "config.evals.k.k: must be",
                    "config.evals.z.templates: 'clip81' is neither",
-                   "config.evals.p.val_fraction: must be in (0, 1)"):
+                   "config.evals.p.val_fraction: must be in (0, 1)",
+                   "config.evals.v.at_start: must be True or False"):
     assert expected in message
 
 

@@ -14,19 +14,23 @@ from helpers import ROOT, tiny_flip_config
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A 4-step tiny FLIP run with zero-shot and retrieval evaluated at steps 2 and 4."""
+  """A 4-step tiny FLIP run with zero-shot and retrieval evaluated at steps 2 and 4, and kNN
+  on the initial weights (at_start) and at the end."""
   workdir = str(tmp_path_factory.mktemp("run"))
   c = tiny_flip_config()
   c.update(total_samples=16 * 4, log_every_steps=2, ckpt_every_steps=4, ckpt_async=False)
   c.evals = {"zeroshot": dict(type="zeroshot", every_steps=2),
-             "retrieval": dict(type="retrieval", every_steps=2)}
+             "retrieval": dict(type="retrieval", every_steps=2),
+             "knn0": dict(type="knn", k=5, at_start=True)}
   train.run(c, workdir)
   logged = {}  # step -> every eval/... value written at that step
   for row in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     evals = {k: v for k, v in row.items() if k.startswith("eval/")}
     if evals:
       logged.setdefault(row["step"], {}).update(evals)
-  assert sorted(logged) == [2, 4] and len(logged[4]) == 2 + 6
+  assert sorted(logged) == [0, 2, 4] and len(logged[4]) == 2 + 6 + 2
+  assert set(logged[0]) == {"eval/knn0/top1", "eval/knn0/top5"}  # only the at_start one
+  assert set(logged[2]) == set(logged[4]) - set(logged[0])
   return workdir, logged[4]
 
 

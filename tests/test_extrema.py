@@ -66,54 +66,62 @@ def test_k_masks_share_one_teacher_forward(monkeypatch):
   assert calls == [("Param", 8, (8, 4, 4)), ("EmaParam", 8, None)]
 
 
-def test_teacher_is_extra_with_no_gradient_and_no_optimizer_state():
+@pytest.fixture(scope="module")
+def two_steps():
+  """(trainer, host states before / after each of two steps, metrics of each step)."""
   c = tiny_config()
   trainer, mesh = one_device_trainer(c)
   with jax.set_mesh(mesh):
     state = trainer.init()
+    states, metrics = [jax.device_get(state)], []
+    for step in range(2):
+      state, m = trainer.step(state, two_view_batch(c, seed=step))
+      states.append(jax.device_get(state))
+      metrics.append(jax.device_get(m))
+  return trainer, states, metrics
+
+
+def test_teacher_is_extra_with_no_gradient_and_no_optimizer_state(two_steps):
+  trainer, states, _ = two_steps
+  state = states[0]
   assert set(state["params"]) == {"student", "predictor"}
   assert set(state["extra"]) == {"teacher"}
   opt_paths = jax.tree.leaves(optim.param_paths(state["opt_state"]))
   assert opt_paths and not any("teacher" in p for p in opt_paths)
   # The loss does depend on the teacher's weights, yet their gradient is exactly zero.
   obj = trainer.objective
-  batch = two_view_batch(c)
+  batch = two_view_batch(trainer.config)
 
   def loss_of(params, extra):
     return obj.loss(nnx.merge(trainer.graphdef, params, extra), batch, jax.random.key(1), 0)[0]
 
-  g_params, g_teacher = jax.grad(loss_of, argnums=(0, 1))(state["params"], state["extra"])
+  loss_and_grads = jax.jit(jax.value_and_grad(loss_of, argnums=(0, 1)))
+  loss, (g_params, g_teacher) = loss_and_grads(state["params"], state["extra"])
   assert jax.tree.structure(g_params) == jax.tree.structure(state["params"])
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_teacher))
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_params)) > 0
   shifted = jax.tree.map(lambda x: x + 0.1, state["extra"])
-  assert abs(float(loss_of(state["params"], shifted) - loss_of(state["params"],
-                                                                state["extra"]))) > 1e-4
+  assert abs(float(loss_and_grads(state["params"], shifted)[0] - loss)) > 1e-4
 
 
-def test_ema_update_equals_the_formula_over_two_steps():
-  c = tiny_config()
-  trainer, mesh = one_device_trainer(c)
-  with jax.set_mesh(mesh):
-    state = trainer.init()
-    first = jax.device_get(state)
-    # init_extra: the teacher starts as an exact copy of the student
-    for t, s in zip(jax.tree.leaves(first["extra"]["teacher"]),
-                    jax.tree.leaves(first["params"]["student"])):
-      np.testing.assert_array_equal(t, s)
-    old_teacher = first["extra"]["teacher"]
-    for step in range(2):
-      state, metrics = trainer.step(state, two_view_batch(c, seed=step))
-      new = jax.device_get(state)
-      m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * step / trainer.objective.total_steps())) / 2
-      assert float(metrics["ema_momentum"]) == pytest.approx(m, abs=1e-7)
-      for t_new, t_old, s in zip(jax.tree.leaves(new["extra"]["teacher"]),
-                                 jax.tree.leaves(old_teacher),
-                                 jax.tree.leaves(new["params"]["student"])):
-        np.testing.assert_allclose(t_new, m * t_old + (1 - m) * s, rtol=1e-6, atol=1e-7)
-      old_teacher = new["extra"]["teacher"]
+def test_ema_update_equals_the_formula_over_two_steps(two_steps):
+  trainer, states, metrics = two_steps
+  # init_extra: the teacher starts as an exact copy of the student
+  for t, s in zip(jax.tree.leaves(states[0]["extra"]["teacher"]),
+                  jax.tree.leaves(states[0]["params"]["student"])):
+    np.testing.assert_array_equal(t, s)
+  for step in range(2):
+    old, new = states[step], states[step + 1]
+    m0, total = trainer.config.extrema.ema_momentum, trainer.objective.total_steps()
+    m = 1 - (1 - m0) * (1 + math.cos(math.pi * step / total)) / 2
+    assert float(metrics[step]["ema_momentum"]) == pytest.approx(m, abs=1e-7)
+    for t_new, t_old, s in zip(jax.tree.leaves(new["extra"]["teacher"]),
+                               jax.tree.leaves(old["extra"]["teacher"]),
+                               jax.tree.leaves(new["params"]["student"])):
+      np.testing.assert_allclose(t_new, m * t_old + (1 - m) * s, rtol=1e-6, atol=1e-7)
   moved = max(float(np.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(new["extra"]["teacher"]), jax.tree.leaves(first["extra"]["teacher"])))
+      jax.tree.leaves(states[2]["extra"]["teacher"]),
+      jax.tree.leaves(states[0]["extra"]["teacher"])))
   assert moved > 0
 
 
@@ -152,18 +160,19 @@ def test_validation_loss_equals_per_mask_numpy_reference():
   obj = objectives.get(c)
   model = obj.build(nnx.Rngs(0))
   batch = {k: jnp.asarray(v) for k, v in two_view_batch(c).items()}
-  loss, metrics = obj.validation_loss(model, batch)
   keep, _ = extrema.masking.disjoint_keep_indices(jax.random.key(0), 8, 16, 0.75, 4)
-  target = np.asarray(model.teacher(batch["image2"]))
-  losses = []
-  for j in range(4):
-    pred = np.asarray(model.predictor(model.student(batch["image"],
-                                                    keep_indices=keep[:, j])))
-    losses.append(2 - 2 * np.sum(_np_normalize(pred) * _np_normalize(target), -1))
-  assert float(loss) == pytest.approx(np.mean(losses), rel=1e-5)
+
+  @nnx.jit
+  def both(model, batch):
+    preds = [model.predictor(model.student(batch["image"], keep_indices=keep[:, j]))
+             for j in range(4)]
+    return obj.validation_loss(model, batch), jnp.stack(preds, 1), model.teacher(batch["image2"])
+
+  (loss, metrics), pred, target = both(model, batch)
+  cos = np.sum(_np_normalize(np.asarray(pred)) * _np_normalize(np.asarray(target))[:, None], -1)
+  assert float(loss) == pytest.approx(np.mean(2 - 2 * cos), rel=1e-5)
   assert float(metrics["tokens_kept"]) == 4
-  again, _ = obj.validation_loss(model, batch)  # fixed masks, no drop-path
-  assert float(again) == float(loss)
+  assert float(both(model, batch)[0][0]) == float(loss)  # fixed masks, no drop-path
 
 
 def _np_ln(x, p, eps):
@@ -230,15 +239,10 @@ def test_mlp_head_layout_init_and_forward():
   np.testing.assert_allclose(np.asarray(head(jnp.asarray(x))), h, rtol=1e-4, atol=1e-5)
 
 
-def test_image_features_are_the_teachers_representation():
-  c = tiny_config()
-  trainer, mesh = one_device_trainer(c)
-  with jax.set_mesh(mesh):
-    state = trainer.init()
-    for step in range(2):
-      state, _ = trainer.step(state, two_view_batch(c, seed=step))
-  model = trainer.model(state)
-  images = jnp.asarray(two_view_batch(c, seed=5)["image"])
+def test_image_features_are_the_teachers_representation(two_steps):
+  trainer, states, _ = two_steps
+  model = trainer.model(states[2])
+  images = jnp.asarray(two_view_batch(trainer.config, seed=5)["image"])
   feats = trainer.objective.image_features(model, images)
   assert feats.shape == (8, 32)  # the class-attention output, before the projector
   np.testing.assert_allclose(feats, model.teacher.represent(images), rtol=1e-6)
@@ -271,7 +275,7 @@ def test_bad_values_name_their_key(key, value, message):
     config_check.validate(c, num_devices=8)
 
 
-def test_recipes():
+def test_recipes(two_steps):
   b16 = load_config("extrema_b16")
   assert (b16.mask_ratio, b16.extrema.num_masks) == (0.8, 5)
   assert (b16.optim.lr_per_256, b16.optim.b2, b16.optim.weight_decay) == (1.5e-4, 0.95, 0.1)
@@ -285,11 +289,25 @@ def test_recipes():
   debug = load_config("extrema_debug")
   assert (debug.mask_ratio, debug.extrema.num_masks) == (0.75, 4)
   # layer scales, biases, norms and tokens get no weight decay (timm's add_weight_decay)
-  c = tiny_config()
-  trainer, _ = one_device_trainer(c)
-  params = jax.eval_shape(trainer._init)["params"]
+  trainer, states, _ = two_steps
+  c, params = trainer.config, states[0]["params"]
   decayed = {p for p, d in zip(jax.tree.leaves(optim.param_paths(params)),
                                jax.tree.leaves(optim.decay_mask(c, params))) if d}
   assert not any("layer_scale" in p or "cls_token" in p or p.endswith("bias")
                  for p in decayed)
   assert "student/pool/blocks/0/mlp/fc1/kernel" in decayed
+
+
+def test_benchmark_sweeps_the_number_of_masks(capsys, monkeypatch):
+  from flip_jax import benchmark
+  monkeypatch.setattr(benchmark, "measured_matmul_peak", lambda: 1e9)
+  c = tiny_config(**{"model.image.depth": 1, "extrema.pool_depth": 1})  # compiles faster
+  rows = benchmark.run(c, ["0.75"], batch=8, steps=1, sweep="extrema.num_masks=1,5,4")
+  assert [(r["mask_ratio"], r["extrema.num_masks"]) for r in rows] == [(0.75, 1), (0.75, 4)]
+  assert "5 disjoint masks of 4 patches" in capsys.readouterr().out  # printed as skipped
+  assert rows[0]["model_flops_per_step"] < rows[1]["model_flops_per_step"]
+  assert all(r["step_s"] > 0 for r in rows)
+  assert benchmark.parse_sweep(c, "model.image.cls_token=false") == (
+      "model.image.cls_token", [False])
+  with pytest.raises(ValueError, match="no key 'extrema.nope'"):
+    benchmark.parse_sweep(c, "extrema.nope=1")

@@ -22,7 +22,9 @@ from flip_jax import sharding
 
 REGISTRY: dict[str, type["Evaluator"]] = {}
 
-COMMON_KEYS = {"type": "", "every_steps": 0}  # every_steps 0: only at the end of training
+# every_steps 0: only at the end of training. at_start: also evaluate the initial weights
+# of a fresh run (step 0), the baseline the trained model is compared with.
+COMMON_KEYS = {"type": "", "every_steps": 0, "at_start": False}
 
 
 def register(name: str) -> Callable:
@@ -179,6 +181,9 @@ class Evaluator:
     if not isinstance(opts["every_steps"], int) or opts["every_steps"] < 0:
       errors.append(f"config.evals.{name}.every_steps: must be an int >= 0, got "
                     f"{opts['every_steps']!r}")
+    if not isinstance(opts["at_start"], bool):
+      errors.append(f"config.evals.{name}.at_start: must be True or False, got "
+                    f"{opts['at_start']!r}")
     return errors + cls.check(name, opts)
 
   @classmethod
@@ -193,6 +198,7 @@ class Evaluator:
     self.name, self.config, self.workdir = name, config, workdir
     self.opts = self.options(cfg)
     self.every_steps = int(self.opts["every_steps"])
+    self.at_start = bool(self.opts["at_start"])
 
   def key(self, key: str) -> str:
     """'config.evals.NAME.KEY', for error messages."""

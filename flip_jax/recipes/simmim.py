@@ -62,6 +62,10 @@ def swinv2_config(variant: str, arg=None) -> ml_collections.ConfigDict:
   c.model.encoder = "swinv2"
   c.model.swin.update(variant=variant, window=12, patch=4, drop_path=0.1, mask_token=True)
   c.simmim.norm_target_patch = 47  # official SwinV2 SimMIM pre-training config
+  if variant == "g":
+    # ~1B params: fp32 params + AdamW moments are 12.9 GB per device when replicated, which
+    # with the batch-32 activations overflows a 32 GiB v4 chip (flip_jax.plan); FSDP over 8.
+    c.mesh.update(data=-1, fsdp=8)
   set_length(c, ITERATIONS[arg] * c.batch_size)
   c.evals.val = dict(type="val_loss", every_steps=5000, dataset="imagenet2012",
                      split="validation", batch_size=1024)
