@@ -105,16 +105,19 @@ class Trainer:
       return self.objective.loss(model, batch, rng, step)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    extra = self.objective.after_update(params, state["extra"], step)
     # Finite iff every gradient element is (a non-finite loss makes its gradient so). Not
     # `isfinite(loss)` as well: the state then depends on the loss and XLA's TPU memory
     # scheduling degrades (flip_l16 at mask 0.5 on v3: 26 GiB a core instead of 14).
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm)
-    new = _guard_nonfinite(finite, state, {"params": params, "extra": extra,
-                                           "opt_state": opt_state})
+
+    def update(grads, old):
+      updates, opt_state = self.tx.update(grads, old["opt_state"], old["params"])
+      params = optax.apply_updates(old["params"], updates)
+      return {"params": params, "extra": self.objective.after_update(params, old["extra"], step),
+              "opt_state": opt_state}
+
+    new = _guard_nonfinite(finite, state, update, grads)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    param_norm=optax.tree.norm(new["params"]), lr=self.lr(step))
     return dict(new, step=step + 1), metrics
@@ -127,15 +130,18 @@ class Trainer:
 NONFINITE_COUNTS = ("total", "streak", "longest_streak")
 
 
-def _guard_nonfinite(finite, state: dict, updated: dict) -> dict:
-  """`updated` if the step was finite, else the old params/extra/opt_state, plus counts.
+def _guard_nonfinite(finite, state: dict, update, grads) -> dict:
+  """`update(grads, old)` (new params/extra/opt_state) if the step was finite, else the old
+  ones unchanged, plus the `nonfinite` counts.
 
-  A select rather than optax.apply_if_finite: that one guards only the optimizer (not the
-  EMA/teacher `extra`) and applies the bad update once its limit is reached; here the
-  state never takes a non-finite step and the loop stops the run instead (`check_nonfinite`).
+  A `lax.cond`, so a non-finite step runs no update and a finite one updates in place (a
+  select would hold the old and the new state at once: flip_h14 on a v3 core no longer
+  fits). Not optax.apply_if_finite: that one guards only the optimizer (not the EMA/teacher
+  `extra`) and applies the bad update once its limit is reached; here the state never
+  takes a non-finite step and the loop stops the run instead (`check_nonfinite`).
   """
-  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
-                      {k: state[k] for k in updated})
+  old = {k: state[k] for k in ("params", "extra", "opt_state")}
+  kept = jax.lax.cond(finite, update, lambda _, old: old, grads, old)
   counts = state["nonfinite"]
   streak = jnp.where(finite, 0, counts["streak"] + 1)
   kept["nonfinite"] = {"total": counts["total"] + (~finite).astype(jnp.int32),
