@@ -131,8 +131,7 @@ class Flip(Objective):
                                             m.image.mlp_dim), dims or (0, 0, 0, 0)))
     grid = (c.image_size // patch) ** 2
     kept = masking.num_kept(grid, c.mask_ratio) + int(m.image.cls_token)
-    embedded = masking.num_kept(grid, c.mask_ratio)  # only kept patches are embedded
-    image = layers.transformer_flops(kept, w, d, mlp) + 2 * embedded * patch * patch * 3 * w
+    image = layers.transformer_flops(kept, w, d, mlp) + 2 * grid * patch * patch * 3 * w
     text = layers.transformer_flops(c.text_len, m.text.width, m.text.depth, m.text.mlp_dim)
     proj = 2 * (w + m.text.width) * m.embed_dim
     loss = 2 * 2 * c.batch_size * m.embed_dim  # each sample's row and column of the logits
