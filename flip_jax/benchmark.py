@@ -11,8 +11,11 @@ are meaningful on a noisy machine. MFU = analytic model FLOPs / step time / peak
 the peak is the device's bf16 figure on TPU/GPU (`flip_jax/hardware.py`, with its source)
 and a measured large float32 matmul on CPU. An objective may name parts of its step
 (`benchmark_parts`, e.g. EVA's frozen teacher forward), each then also timed alone and
-reported as `<part>_s` and `<part>_share` of the step; objectives whose masking is not
-`config.mask_ratio` (EVA) get one setting, not the sweep.
+reported as `<part>_s` and `<part>_share` of the step. Every setting also times the
+step's gradient-free tail alone (`Trainer.apply_gradients`: guarded optimizer update,
+EMA, norms) as `update_s`: a cost masking cannot shrink, which bounds the speed-up a
+mask ratio can give. Objectives whose masking is not `config.mask_ratio` (EVA) get one
+setting, not the sweep.
 """
 from __future__ import annotations
 
@@ -75,10 +78,11 @@ def _median_seconds(fn, args, steps: int) -> float:
 
 def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
   """Median wall seconds of the trainer's step on random inputs (after compile + warm-up),
-  and of each of the objective's `benchmark_parts` jitted on its own with the same
-  shardings (on one device the step runs its ops in sequence, so a part alone takes about
-  what it takes inside the step)."""
+  and of each of the objective's `benchmark_parts` and of `Trainer.apply_gradients` (as
+  `update`) jitted on their own with the same shardings (on one device the step runs its
+  ops in sequence, so a part alone takes about what it takes inside the step)."""
   import jax
+  import jax.numpy as jnp
   import numpy as np
   from flax import nnx
   from flip_jax import sharding, train
@@ -107,6 +111,18 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
     for name, fn in trainer.objective.benchmark_parts().items():
       part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e), b))
       parts[name] = _median_seconds(part, (state["params"], state["extra"], batch), steps)
+    # The tail alone, donating the state as the step does (so it updates in place).
+    update = jax.jit(trainer.apply_gradients, in_shardings=(trainer.shardings,
+                                                            trainer.shardings["params"]),
+                     out_shardings=(trainer.shardings, None), donate_argnums=(0,))
+    grads = jax.tree.map(jnp.zeros_like, state["params"])
+    update_times = []
+    for i in range(steps + 1):  # the first one compiles
+      t = time.perf_counter()
+      state, norms = update(state, grads)
+      jax.block_until_ready((state, norms))
+      update_times.append(time.perf_counter() - t)
+    parts["update"] = statistics.median(update_times[1:])
   return statistics.median(times), parts
 
 

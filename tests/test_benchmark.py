@@ -21,3 +21,7 @@ def test_benchmark_prints_one_json_line_per_mask_ratio(capsys):
   c.mask_ratio, c.batch_size = 0.5, 8
   assert rows[1]["model_flops_per_step"] == objectives.get(c).flops_per_sample() * 8
   assert rows[1]["model_flops_per_step"] < rows[0]["model_flops_per_step"]
+  # The gradient-free tail (optimizer update, norms) is timed alone for every setting.
+  for r in rows:
+    assert r["update_s"] > 0
+    assert r["update_share"] == pytest.approx(r["update_s"] / r["step_s"], abs=1e-3)
