@@ -138,8 +138,9 @@ class Features:
       raise ValueError("this model has no text tower")
     return self._run(self._text, tokens)
 
-  def loss(self, batches: list[dict]) -> dict[str, float]:
-    """Mean of the validation loss and its metrics over equally sized batches."""
+  def loss(self, batches) -> dict[str, float]:
+    """Mean of the validation loss and its metrics over equally sized batches (any sized
+    iterable of batch dicts; streamed, one batch on the host at a time)."""
     if self._loss is None:
       raise ValueError("this objective defines no validation loss")
     totals: dict[str, float] = {}
