@@ -127,6 +127,19 @@ def test_flip_teacher_frozen_through_training_and_no_optimizer_state(tmp_path, f
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   assert sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim) == 2 * n_params
   assert np.isfinite(out["metrics"]["eval/val/loss"])
+  # Export and inference read the student encoder, not the regression head.
+  from flip_jax import export, inference
+  exported_dir = export.export(str(tmp_path / "run"), "orbax", str(tmp_path / "exported"))
+  student = {f"image/{k}": v for k, v in rules.flatten(state["params"]["image"]).items()}
+  got = ours.read(exported_dir).params
+  assert set(got) == set(student)
+  for name, value in student.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
+  images = np.random.default_rng(0).integers(0, 256, (3, c.image_size, c.image_size, 3),
+                                             dtype=np.uint8)
+  patches = inference.load(str(tmp_path / "run")).encode_patches(images)
+  np.testing.assert_array_equal(patches, inference.load(exported_dir).encode_patches(images))
+  assert patches.shape[0] == 3 and np.all(np.isfinite(patches))
 
 
 def test_teacher_is_sharded_by_the_students_rules():

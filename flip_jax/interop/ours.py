@@ -85,14 +85,19 @@ def read_tokenizer_json(config: ml_collections.ConfigDict, workdir: str) -> str 
 
 
 def read(path: str) -> Checkpoint:
-  """A training workdir (newest step) or an exported directory."""
+  """A training workdir (newest step) or an exported directory; params the objective
+  uses only in training (`Objective.training_only_params`) are left out."""
   workdir = find_workdir(path)
   config = config_io.read(workdir)
   try:
     _, step = checkpoint.find_checkpoint_dir(path)
   except FileNotFoundError as err:
     raise ConversionError(str(err)) from None
-  params = {k: np.asarray(v) for k, v in flatten(checkpoint.load_params(path)).items()}
+  from flip_jax import objectives  # here: objectives import this package (teachers)
+  method = objectives.REGISTRY.get(config.get("objective"))
+  dropped = method.training_only_params if method else ()
+  params = {k: np.asarray(v) for k, v in flatten(checkpoint.load_params(path)).items()
+            if k.split("/")[0] not in dropped}
   return Checkpoint(config, params, step, workdir)
 
 

@@ -38,6 +38,9 @@ class Objective:
   name = "base"
   has_text = False  # True when text_features exists (zero-shot, retrieval)
   uses_mask_ratio = True  # config.mask_ratio sets the masking (the benchmark sweeps it)
+  # Top-level param subtrees only training uses (EVA's regression head onto the teacher's
+  # features): `export` and `inference.load` leave them out of the encoder they read.
+  training_only_params: tuple[str, ...] = ()
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -63,6 +63,7 @@ class EvaModel(nnx.Module):
 @register("eva")
 class Eva(Objective):
   uses_mask_ratio = False
+  training_only_params = ("head",)
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
