@@ -98,7 +98,6 @@ def base_config() -> ml_collections.ConfigDict:
       # decoding: a decompression bomb costs nothing. Pillow's own limit (2x its
       # MAX_IMAGE_PIXELS, ~179M) applies on top.
       max_image_pixels=89_478_485,
-      # zero-shot classification (data.build_eval_classification):
   ))
 
   # ---- optimisation ---------------------------------------------------

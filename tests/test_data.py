@@ -228,11 +228,14 @@ def test_hosts_read_disjoint_slices_that_cover_the_data(tokenizer):
 
 
 def test_eval_classification_digits():
+  from flip_jax.evaluate import datasets
   config = make_config()
-  images, labels, names, templates = data.build_eval_classification(config, split="test")
+  labelled = datasets.labelled(config, dataset="digits", split="test")
+  images = labelled.images[np.arange(len(labelled.images))]
   assert images.shape == (360, SIZE, SIZE, 3) and images.dtype == np.float32
+  labels = labelled.labels
   assert labels.dtype == np.int32 and set(labels.tolist()) == set(range(10))
-  assert names == digits.CLASS_NAMES and templates == digits.ZERO_SHOT_TEMPLATES
+  assert labelled.class_names == digits.CLASS_NAMES
   raw, _ = digits.load_split("test")
   expected = transforms.normalize(transforms.resize_center_crop(raw[0], SIZE),
                                   config.data.mean, config.data.std)

@@ -15,7 +15,6 @@ from skimage import data as skimage_data
 
 from data_testing import SIZE, assert_same_batches, make_config, take
 from flip_jax import data
-from flip_jax.data import classification
 from flip_jax.data import digits
 from flip_jax.data import pack
 from flip_jax.data import sources
@@ -240,12 +239,14 @@ def test_tfds_hosts_read_disjoint_slices(tfds_dir):
 
 def test_tfds_eval_classification(tfds_dir):
   config = make_config()
-  images, labels, names, templates = data.build_eval_classification(
-      config, dataset="tiny_digits", split="test", data_dir=tfds_dir)
+  from flip_jax.evaluate import datasets
+  labelled = datasets.labelled(config, dataset="tiny_digits", split="test",
+                               data_dir=tfds_dir)
+  images = labelled.images[np.arange(len(labelled.images))]
   assert images.shape == (20, SIZE, SIZE, 3) and images.dtype == np.float32
-  np.testing.assert_array_equal(np.sort(labels),  # TFDS stores examples shuffled
+  np.testing.assert_array_equal(np.sort(labelled.labels),  # TFDS stores examples shuffled
                                 np.sort(digits.load_split("test")[1][:20]))
-  assert names == digits.CLASS_NAMES and templates == classification.GENERIC_TEMPLATES
+  assert labelled.class_names == digits.CLASS_NAMES
 
 
 def test_pack_array_record_is_readable_by_the_tfds_source(image_folder, tmp_path,

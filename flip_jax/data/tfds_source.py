@@ -19,12 +19,6 @@ def data_source(name: str, split: str, data_dir: str):
   return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
 
 
-def class_names(name: str, data_dir: str, label_key: str) -> tuple[str, ...]:
-  """Names of a ClassLabel feature, read from the prepared dataset's metadata."""
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  return tuple(builder.info.features[label_key].names)
-
-
 class ImageTextRecords(grain.transforms.MapWithIndex):
   """Maps a TFDS record to the pipeline's {'image', 'text', 'label', 'key'} record; a field
   whose key is '' is left out (image-only or labelled datasets have no captions)."""
