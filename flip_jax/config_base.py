@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
       ln_pre=False,
       pool="gap",           # 'gap' (mean of all tokens incl. CLS) | 'cls' | 'map'
       ln_post=True,
-      act="gelu",           # 'gelu' | 'quick_gelu'
+      act="gelu",           # 'gelu' (erf) | 'gelu_tanh' | 'quick_gelu' | 'relu'
       drop_path=0.0,
       remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs only)
       mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)

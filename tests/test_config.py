@@ -26,6 +26,7 @@ def test_flip_recipes():
   assert l16.total_samples == 10_000 * 1_281_167
   assert (l16.optim.b2, l16.optim.weight_decay, l16.optim.lr_per_256) == (0.95, 0.2, 4e-6)
   assert l16.model.embed_dim == 768 and not l16.model.text.causal
+  assert l16.model.image.act == l16.model.text.act == "gelu_tanh"  # flax nn.gelu's default
   assert load_config("flip_b16").model.embed_dim == 512
   assert load_config("flip_h14").model.text.depth == 24
   tune = load_config("flip_l16", "unmasked")
