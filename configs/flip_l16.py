@@ -5,7 +5,7 @@ params are FSDP-sharded over 8 devices (the official code partitions states for 
 
 Memory on the paper's v3-256 (256 cores, 16 GiB each) at batch 65,536, from
 `python -m flip_jax.plan --config=configs/flip_l16.py --topology=v3:8x16`: masked
-pre-training fits without remat (13.8 GiB per core at mask 0.5); unmasked (mask 0) needs
+pre-training fits without remat (13.9 GiB per core at mask 0.5); unmasked (mask 0) needs
 53.7 GiB without remat and 9.5 GiB with the image tower fully rematerialized, so the
 unmasked recipe remats it (the official README suggests activation checkpointing there).
 """
