@@ -5,8 +5,10 @@ Argument `unmasked`: the unmasked-tuning recipe; see flip_b16.py.
 Memory on the paper's v3-512 (512 cores, 16 GiB each) at batch 65,536, from
 `python -m flip_jax.plan --config=configs/flip_h14.py --topology=v3:16x16`: at mask 0.5
 the step needs 33.5 GiB per core without remat and 17.4 GiB with the image tower's
-matmul outputs saved ('dots'); with both towers on 'dots' it fits (15.5 GiB; 11.5 GiB at
-mask 0.75; predicted 1.22 s and 0.69 s a step, MFU 0.95 and 0.93). Unmasked
+matmul outputs saved ('dots'); with both towers on 'dots' it fits (15.5 GiB, predicted
+1.21 s a step, MFU 0.95; at mask 0.75 11.5 GiB, 0.69 s, planned with the erf GELU: with
+the tanh one, XLA's TPU compile at 0.75 needed more than the 23 GB of host memory the
+planner ran on). Unmasked
 (mask 0) needs more still (63 GiB without remat), so the unmasked recipe fully remats the
 image tower, as ViT-L/16's must. Compiling that for 512 devices takes more host memory
 than the 23 GB machine the planner ran on, so it was planned on v3:4x4 instead, with the
