@@ -76,6 +76,21 @@ def _median_seconds(fn, args, steps: int) -> float:
   return statistics.median(times)
 
 
+def _median_seconds_donating(fn, state, arg, steps: int):
+  """`_median_seconds` for `fn(state, arg) -> (state, out)` that donates its state: the
+  state is threaded through the calls. Returns (median, the last state)."""
+  import jax
+  state, out = fn(state, arg)  # compile + warm-up
+  jax.block_until_ready((state, out))
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, out = fn(state, arg)
+    jax.block_until_ready((state, out))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), state
+
+
 def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
   """Median wall seconds of the trainer's step on random inputs (after compile + warm-up),
   and of each of the objective's `benchmark_parts` and of `Trainer.apply_gradients` (as
@@ -98,15 +113,7 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
       batch[k] = rng.normal(size=s.shape).astype(s.dtype)
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
-    state = trainer.init()
-    state, m = trainer.step(state, batch)  # compile + warm-up
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, m = trainer.step(state, batch)
-      jax.block_until_ready((state, m))
-      times.append(time.perf_counter() - t)
+    step_s, state = _median_seconds_donating(trainer.step, trainer.init(), batch, steps)
     parts = {}
     for name, fn in trainer.objective.benchmark_parts().items():
       part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e), b))
@@ -116,14 +123,8 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
                                                             trainer.shardings["params"]),
                      out_shardings=(trainer.shardings, None), donate_argnums=(0,))
     grads = jax.tree.map(jnp.zeros_like, state["params"])
-    update_times = []
-    for i in range(steps + 1):  # the first one compiles
-      t = time.perf_counter()
-      state, norms = update(state, grads)
-      jax.block_until_ready((state, norms))
-      update_times.append(time.perf_counter() - t)
-    parts["update"] = statistics.median(update_times[1:])
-  return statistics.median(times), parts
+    parts["update"], _ = _median_seconds_donating(update, state, grads, steps)
+  return step_s, parts
 
 
 def parse_sweep(config, sweep: str | None) -> tuple[str | None, list]:

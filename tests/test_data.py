@@ -224,24 +224,6 @@ def test_hosts_read_disjoint_slices_that_cover_the_data(tokenizer):
   assert not np.array_equal(local[0]["image"], local[1]["image"])
 
 
-# ---- zero-shot evaluation data --------------------------------------------------------
-
-
-def test_eval_classification_digits():
-  from flip_jax.evaluate import datasets
-  config = make_config()
-  labelled = datasets.labelled(config, dataset="digits", split="test")
-  images = labelled.images[np.arange(len(labelled.images))]
-  assert images.shape == (360, SIZE, SIZE, 3) and images.dtype == np.float32
-  labels = labelled.labels
-  assert labels.dtype == np.int32 and set(labels.tolist()) == set(range(10))
-  assert labelled.class_names == digits.CLASS_NAMES
-  raw, _ = digits.load_split("test")
-  expected = transforms.normalize(transforms.resize_center_crop(raw[0], SIZE),
-                                  config.data.mean, config.data.std)
-  np.testing.assert_allclose(images[0], expected, rtol=1e-6)
-
-
 def test_data_imports_no_model_objective_or_trainer_code():
   loaded = subprocess.run(
       [sys.executable, "-c", "import sys, flip_jax.data; print(' '.join(sys.modules))"],

@@ -19,6 +19,7 @@ from flip_jax.data import digits
 from flip_jax.data import pack
 from flip_jax.data import sources
 from flip_jax.data import wds
+from flip_jax.evaluate import datasets
 
 NUM_IMAGES = 24  # 20 digits + 4 photos (RGB, grayscale, RGBA, CMYK)
 
@@ -239,7 +240,6 @@ def test_tfds_hosts_read_disjoint_slices(tfds_dir):
 
 def test_tfds_eval_classification(tfds_dir):
   config = make_config()
-  from flip_jax.evaluate import datasets
   labelled = datasets.labelled(config, dataset="tiny_digits", split="test",
                                data_dir=tfds_dir)
   images = labelled.images[np.arange(len(labelled.images))]

@@ -367,8 +367,13 @@ def test_eval_data_is_the_classification_view(workdir):
   raw, _ = digits.load_split("test")
   expected = np.stack([transforms.normalize(transforms.resize_center_crop(im, c.image_size),
                                             c.data.mean, c.data.std) for im in raw])
-  got = datasets.labelled(c, dataset="digits", split="test").images
-  np.testing.assert_array_equal(got[np.arange(len(got))], expected)
+  labelled = datasets.labelled(c, dataset="digits", split="test")
+  got = labelled.images[np.arange(len(labelled.images))]
+  assert got.shape == (360, c.image_size, c.image_size, 3) and got.dtype == np.float32
+  np.testing.assert_array_equal(got, expected)
+  labels = labelled.labels
+  assert labels.dtype == np.int32 and set(labels.tolist()) == set(range(10))
+  assert labelled.class_names == digits.CLASS_NAMES
 
 
 def test_presets_are_valid_configs():
