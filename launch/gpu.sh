@@ -37,27 +37,8 @@ if [[ -z "$config" || -z "$workdir" ]]; then
   exit 2
 fi
 
-# One argument as a shell word: bare if safe, '--flag=value' quoted after the '='.
-quote() {
-  local arg="$1" flag=""
-  if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]*$ ]]; then printf '%s' "$arg"; return; fi
-  if [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    flag="${BASH_REMATCH[1]}"
-    arg="${BASH_REMATCH[2]}"
-  fi
-  if [[ "$arg" != *"'"* ]]; then printf "%s'%s'" "$flag" "$arg"; else printf '%s%s' "$flag" "${arg@Q}"; fi
-}
-
-# Prints a command under --dry-run, runs it otherwise.
-run() {
-  if ((dry_run)); then
-    local arg words=()
-    for arg in "$@"; do words+=("$(quote "$arg")"); done
-    echo "${words[*]}"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 if ((install)); then
