@@ -27,12 +27,7 @@ def tiny_flip_config(**overrides):
   c.dtype = "float32"
   c.optim.warmup_samples = 16 * 2
   c.evals = {}
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

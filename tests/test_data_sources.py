@@ -9,11 +9,10 @@ import tarfile
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 from skimage import data as skimage_data
 
-from data_testing import SIZE, assert_same_batches, make_config, take
+from data_testing import SIZE, DigitsTfds, assert_same_batches, make_config, take
 from flip_jax import data
 from flip_jax.data import digits
 from flip_jax.data import pack
@@ -181,35 +180,15 @@ def test_shards_without_any_pair_raise_instead_of_spinning(tmp_path):
 # ---- TFDS ArrayRecord ----------------------------------------------------------------
 
 
-class TinyDigits(tfds.core.GeneratorBasedBuilder):
-  """Digits as a TFDS dataset with a list of captions and a class label per image."""
+class TinyDigits(DigitsTfds):
+  """Digits in TFDS: 40 train, 20 test images."""
 
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(8, 8, 3)),
-        "captions": tfds.features.Sequence(tfds.features.Text()),
-        "label": tfds.features.ClassLabel(names=digits.CLASS_NAMES),
-    }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples("train", 40),
-            "test": self._generate_examples("test", 20)}
-
-  def _generate_examples(self, split, count):
-    images, labels = digits.load_split(split)
-    for i in range(count):
-      yield i, {"image": images[i], "captions": list(digits.captions(int(labels[i]))),
-                "label": int(labels[i])}
+  SPLIT_SIZES = {"train": 40, "test": 20}
 
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds")
-  TinyDigits(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-  return str(data_dir)
+  return TinyDigits.prepare(tmp_path_factory.mktemp("tfds"))
 
 
 def tfds_config(data_dir, **overrides):

@@ -31,12 +31,7 @@ def tiny_eva_config(teacher_path, **overrides):
   c.optim.warmup_samples = 16
   c.dtype = "float32"
   c.evals = {}
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

@@ -6,13 +6,13 @@ before any model work."""
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import nnx
 
 from flip_jax import config_check, sharding, train
 from flip_jax import evaluate
 from flip_jax.data import digits, transforms
 from flip_jax.evaluate import datasets, knn, retrieval, templates
+from data_testing import DigitsTfds
 from helpers import tiny_flip_config
 
 # ---- retrieval ranks -------------------------------------------------------------------
@@ -242,35 +242,15 @@ def test_template_sets(tmp_path):
 # ---- a TFDS dataset with a ClassLabel and captions, written here -----------------------
 
 
-class EvalDigits(tfds.core.GeneratorBasedBuilder):
-  """40 digits as TFDS: image, a list of captions, a ClassLabel with names."""
+class EvalDigits(DigitsTfds):
+  """40 digits a split in TFDS."""
 
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(8, 8, 3)),
-        "captions": tfds.features.Sequence(tfds.features.Text()),
-        "label": tfds.features.ClassLabel(names=digits.CLASS_NAMES),
-    }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples("train", 40),
-            "test": self._generate_examples("test", 40)}
-
-  def _generate_examples(self, split, count):
-    images, labels = digits.load_split(split)
-    for i in range(count):
-      yield i, {"image": images[i], "captions": list(digits.captions(int(labels[i]))),
-                "label": int(labels[i])}
+  SPLIT_SIZES = {"train": 40, "test": 40}
 
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds")
-  EvalDigits(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-  return str(data_dir)
+  return EvalDigits.prepare(tmp_path_factory.mktemp("tfds"))
 
 
 def test_tfds_sets_class_names_from_metadata_and_captions(tfds_dir, workdir):

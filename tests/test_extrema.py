@@ -23,12 +23,7 @@ def tiny_config(**overrides):
   c.dtype = "float32"
   c.optim.warmup_samples = 0
   c.evals = {}
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 
