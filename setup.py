@@ -13,6 +13,8 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.12",
+        "absl-py>=2.1",  # flags and logging of the command-line tools
+        "etils>=1.7",  # epath: local and gs:// paths alike
         "flax>=0.12.0,<0.13",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11,<0.13",
