@@ -116,6 +116,52 @@ def base_config() -> ml_collections.ConfigDict:
       freeze=(),            # regexes of params that get no update
   ))
 
+  # ---- method sections: each read only by its objective ------------------
+  # Declared for every config so that `--config.extrema.num_masks=8` works anywhere; a
+  # method's recipe (flip_jax/recipes/) sets its own section's values.
+  # EVA (objectives/eva.py): the frozen CLIP vision tower whose patch features the
+  # student regresses.
+  c.teacher = ml_collections.ConfigDict(dict(
+      # A flip_jax workdir / exported dir, a Hugging Face or open_clip CLIP directory, or
+      # 'random:clip_l14' (that architecture, random weights: benchmarks only).
+      path="",
+      # Which block's output is the target, after the teacher's ln_post and projection:
+      # -1 = the last (EVA), -2 the one before, ..., or 1..depth counted from the input.
+      layer=-1,
+      # Teacher and student patch grids differ: True runs the teacher on the image resized
+      # to (student grid x teacher patch) pixels, its learned position embedding resampled
+      # bilinearly (a sin-cos one is recomputed for the grid); False refuses the config.
+      resample=False,
+  ))
+  # EVA: BEiT-style block masking (flip_jax.masking.block_mask).
+  c.mask = ml_collections.ConfigDict(dict(
+      num_masked=105,         # target masked patches per image (may fall short, see masking)
+      min_block=16,           # smallest block area drawn, in patches
+      max_block=0,            # largest block area drawn; 0 = num_masked
+      min_aspect=0.3,         # block aspect ratio h/w is log-uniform in [min, max]
+      max_aspect=0.0,         # 0 = 1 / min_aspect
+      tries=10,               # failed tries at one block before the mask is final
+  ))
+  # ExtreMA (objectives/extrema.py); the student's mask ratio is the common mask_ratio.
+  c.extrema = ml_collections.ConfigDict(dict(
+      num_masks=5,          # K disjoint masks per image; the student encodes B*K sequences
+      ema_momentum=0.996,   # m0 of the cosine schedule m(t) = 1 - (1 - m0)(1 + cos(pi t/T))/2
+      pool_depth=2,         # class-attention blocks after the ViT
+      layer_scale=0.1,      # their layer-scale init
+      proj_hidden=4096, proj_dim=256, proj_layers=3,   # projector (student and EMA teacher)
+      pred_hidden=4096, pred_layers=2,                 # predictor (student only)
+  ))
+  # SimMIM (objectives/simmim.py).
+  c.simmim = ml_collections.ConfigDict(dict(
+      mask_patch=32,          # side of a masked square in pixels
+      norm_target_patch=0,    # > 0: target = pixels normalised over k x k neighbourhoods
+  ))
+  # Fine-tuning (objectives/classify.py).
+  c.classify = ml_collections.ConfigDict(dict(
+      label_smoothing=0.1,
+      layer_decay=0.75,       # lr x decay^(depth from the top); 1 = off
+  ))
+
   # ---- run --------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.distributed = ml_collections.ConfigDict(dict(

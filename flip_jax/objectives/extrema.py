@@ -56,8 +56,6 @@ class Extrema(Objective):
 
   def validate(self):
     c, errors = self.config, []
-    if "extrema" not in c:
-      return ["config.extrema: missing; build ExtreMA configs with flip_jax.recipes.extrema"]
     e, i = c.extrema, c.model.image
     if c.model.type != "extrema":
       errors.append(f"config.model.type: ExtreMA builds its own model, set 'extrema', got "

@@ -18,10 +18,7 @@ def classify_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.objective = "classify"
   c.model.type = "classifier"
-  c.classify = ml_collections.ConfigDict(dict(
-      label_smoothing=0.1,
-      layer_decay=0.75,       # lr x decay^(depth from the top); 1 = off
-  ))
+  c.classify.update(label_smoothing=0.1, layer_decay=0.75)
   c.tokenizer = ""
   c.data.update(format="image_label", text_key="", label_key="label", rrc_area=(0.08, 1.0))
   c.optim.update(lr_per_256=1.25e-3 / 2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,

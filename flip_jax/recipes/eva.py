@@ -1,8 +1,6 @@
 """EVA-01's pre-training recipe (Fang et al., CVPR 2023; `EVA-01/eva/run_eva_pretraining.py`),
-shared by configs/eva_{g14,l14,b16}.py, and the config sections only EVA reads.
-
-`config.teacher`: the frozen CLIP vision tower whose patch features the student regresses.
-`config.mask`: BEiT-style block masking (flip_jax.masking.block_mask).
+shared by configs/eva_{g14,l14,b16}.py. EVA reads `config.teacher` (the frozen CLIP vision
+tower) and `config.mask` (block masking), both declared in flip_jax/config_base.py.
 
 Lengths are in samples. The paper trains 150 epochs on Merged-30M (29.6M images: IN-21K,
 CC12M, CC3M, Object365, COCO, ADE20K), warmup 2 epochs; that set is not public, so the
@@ -13,32 +11,6 @@ import ml_collections
 from flip_jax.config_base import base_config
 
 MERGED_30M = 29_600_000  # images in EVA's pre-training set (paper, Table 2)
-
-
-def teacher_section(path: str = "") -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      # A flip_jax workdir / exported dir, a Hugging Face or open_clip CLIP directory, or
-      # 'random:clip_l14' (that architecture, random weights: benchmarks only).
-      path=path,
-      # Which block's output is the target, after the teacher's ln_post and projection:
-      # -1 = the last (EVA), -2 the one before, ..., or 1..depth counted from the input.
-      layer=-1,
-      # Teacher and student patch grids differ: True runs the teacher on the image resized
-      # to (student grid x teacher patch) pixels, its learned position embedding resampled
-      # bilinearly (a sin-cos one is recomputed for the grid); False refuses the config.
-      resample=False,
-  ))
-
-
-def mask_section(num_masked: int, min_block: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      num_masked=num_masked,  # target masked patches per image (may fall short, see masking)
-      min_block=min_block,    # smallest block area drawn, in patches
-      max_block=0,            # largest block area drawn; 0 = num_masked
-      min_aspect=0.3,         # block aspect ratio h/w is log-uniform in [min, max]
-      max_aspect=0.0,         # 0 = 1 / min_aspect
-      tries=10,               # failed tries at one block before the mask is final
-  ))
 
 
 def eva_base() -> ml_collections.ConfigDict:
@@ -52,8 +24,7 @@ def eva_base() -> ml_collections.ConfigDict:
                        ln_pre=False, ln_post=True, act="gelu")
   c.tokenizer = ""
   c.data.format = "image"
-  c.teacher = teacher_section()
-  c.mask = mask_section(num_masked=105, min_block=16)
+  c.mask.update(num_masked=105, min_block=16)
   return c
 
 

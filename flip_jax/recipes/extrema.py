@@ -1,7 +1,7 @@
 """ExtreMA's ImageNet-1k recipe (Wu et al., arXiv 2206.04667; official `main.py`,
 `lib/builder.py`, `vits.py`), shared by configs/extrema_*.py.
 
-Method keys live in `config.extrema` (built by `section()`); the student's mask ratio is
+Method keys live in `config.extrema` (declared in flip_jax/config_base.py); the student's mask ratio is
 the common `config.mask_ratio`. Lengths are in samples: ImageNet-1k epochs of 1,281,167.
 """
 import ml_collections
@@ -15,19 +15,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MASKINGS = {"80x5": (0.8, 5), "90x8": (0.9, 8)}
 
 
-def section(**overrides) -> ml_collections.ConfigDict:
-  s = ml_collections.ConfigDict(dict(
-      num_masks=5,          # K disjoint masks per image; the student encodes B*K sequences
-      ema_momentum=0.996,   # m0 of the cosine schedule m(t) = 1 - (1 - m0)(1 + cos(pi t/T))/2
-      pool_depth=2,         # class-attention blocks after the ViT
-      layer_scale=0.1,      # their layer-scale init
-      proj_hidden=4096, proj_dim=256, proj_layers=3,   # projector (student and EMA teacher)
-      pred_hidden=4096, pred_layers=2,                 # predictor (student only)
-  ))
-  s.update(overrides)
-  return s
-
-
 def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The parts every ExtreMA config shares: objective, batch format, encoder layout."""
   c.objective = "extrema"
@@ -36,7 +23,6 @@ def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.image.update(cls_token=False, pool="none", pos_emb="sincos2d", ln_post=False)
   c.data.format = "two_views"
   c.tokenizer = ""            # no text
-  c.extrema = section()
   # timm's add_weight_decay: no decay on 1-D params (biases, norms, layer scales) and tokens.
   c.optim.no_decay = tuple(c.optim.no_decay) + (r"layer_scale",)
   return c

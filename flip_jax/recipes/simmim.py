@@ -28,10 +28,7 @@ def simmim_config() -> ml_collections.ConfigDict:
   c.objective = "simmim"
   c.model.type = "masked_image"
   c.mask_ratio = 0.6
-  c.simmim = ml_collections.ConfigDict(dict(
-      mask_patch=32,          # side of a masked square in pixels
-      norm_target_patch=0,    # > 0: target = pixels normalised over k x k neighbourhoods
-  ))
+  c.simmim.update(mask_patch=32, norm_target_patch=0)
   c.tokenizer = ""
   c.data.update(format="image", source="tfds", name="imagenet2012", text_key="",
                 rrc_area=(0.67, 1.0), rrc_ratio=(3 / 4, 4 / 3), flip=True,
