@@ -19,6 +19,7 @@ setting, not the sweep.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -26,10 +27,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import hardware  # noqa: E402
+from flip_jax import config_check, hardware, objectives, sharding, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _MASKS = flags.DEFINE_list("mask_ratios", ["0", "0.5", "0.75"], "mask ratios to compare")
@@ -42,8 +47,6 @@ _SWEEP = flags.DEFINE_string("sweep", None, "KEY=V1,V2,...: also vary this confi
 
 def measured_matmul_peak(n: int = 2048, reps: int = 5) -> float:
   """Best-of-`reps` float32 FLOP/s of an n x n matmul on the default device."""
-  import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -56,7 +59,6 @@ def measured_matmul_peak(n: int = 2048, reps: int = 5) -> float:
 
 
 def device_peak() -> tuple[float, str, str]:
-  import jax
   dev = jax.devices()[0]
   kind = dev.device_kind
   if dev.platform == "cpu":
@@ -66,7 +68,6 @@ def device_peak() -> tuple[float, str, str]:
 
 
 def _median_seconds(fn, args, steps: int) -> float:
-  import jax
   jax.block_until_ready(fn(*args))  # compile + warm-up
   times = []
   for _ in range(steps):
@@ -79,7 +80,6 @@ def _median_seconds(fn, args, steps: int) -> float:
 def _median_seconds_donating(fn, state, arg, steps: int):
   """`_median_seconds` for `fn(state, arg) -> (state, out)` that donates its state: the
   state is threaded through the calls. Returns (median, the last state)."""
-  import jax
   state, out = fn(state, arg)  # compile + warm-up
   jax.block_until_ready((state, out))
   times = []
@@ -96,11 +96,6 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
   and of each of the objective's `benchmark_parts` and of `Trainer.apply_gradients` (as
   `update`) jitted on their own with the same shardings (on one device the step runs its
   ops in sequence, so a part alone takes about what it takes inside the step)."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
-  from flip_jax import sharding, train
 
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.Trainer(config, mesh)
@@ -151,9 +146,6 @@ def _set(config, key: str, value) -> None:
 def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None) -> list[dict]:
   """One row per (mask ratio, sweep value); a combination the config check rejects (e.g.
   more disjoint masks than fit) is printed with its error instead of timed."""
-  from flip_jax import config_check, objectives
-  import itertools
-  import jax
 
   peak, peak_source, kind = device_peak()
   rows, base = [], None

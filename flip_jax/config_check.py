@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from flip_jax import sharding
+from flip_jax import evaluate, sharding
+from flip_jax.data.pipeline import FORMATS
 from flip_jax.models import DTYPES
 from flip_jax.models.vit import POOLS, POS_EMBS, parse_variant
 
@@ -58,7 +59,6 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.data.max_image_pixels: must be >= 1, got {c.data.max_image_pixels}")
   if not 0.0 < c.data.get("fraction", 1.0) <= 1.0:
     e.append(f"config.data.fraction: must be in (0, 1], got {c.data.fraction}")
-  from flip_jax.data.pipeline import FORMATS
   if c.data.format not in FORMATS:
     e.append(f"config.data.format: {c.data.format!r} not in {sorted(FORMATS)}")
   if c.optim.schedule not in ("cosine", "step", "constant"):
@@ -70,7 +70,6 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
              f"{sorted(objectives.REGISTRY)}")
   elif not any(m.startswith("config.dtype") for m in e):
     e.extend(objectives.REGISTRY[c.objective](c).validate())
-  from flip_jax import evaluate
   e.extend(evaluate.validate(c.evals))
   return e
 

@@ -15,27 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-import ml_collections
-import numpy as np
+from absl import app, flags
 
-from flip_jax.interop import hf_clip, open_clip, ours
-from flip_jax.interop.rules import ConversionError
-
-LOADERS = {"hf": hf_clip.load, "open_clip": open_clip.load}
-
-
-def load(fmt: str, src: str) -> tuple[dict[str, np.ndarray], ml_collections.ConfigDict]:
-  """(our flat params {'image/pos_emb': array, ...}, config) from a foreign directory."""
-  if fmt not in LOADERS:
-    raise ConversionError(f"--from={fmt!r}: expected one of {sorted(LOADERS)}")
-  if not os.path.isdir(src):
-    raise ConversionError(f"--src {src}: not a directory")
-  return LOADERS[fmt](src, ours.param_shapes)
+from flip_jax.interop import foreign, ours
 
 
 def convert(fmt: str, src: str, out: str) -> str:
   """Writes the exported directory `out`; returns its absolute path."""
-  params, config = load(fmt, src)
+  params, config = foreign.load(fmt, src)
   tokenizer_file = os.path.join(src, ours.TOKENIZER_FILE)
   tokenizer_json = None
   if os.path.isfile(tokenizer_file):
@@ -46,7 +33,6 @@ def convert(fmt: str, src: str, out: str) -> str:
 
 def main(argv):
   del argv
-  from absl import flags
   f = flags.FLAGS
   try:
     path = convert(f["from"].value, f.src, f.out)
@@ -57,8 +43,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_enum("from", None, sorted(LOADERS), "Format of --src.", required=True)
+  flags.DEFINE_enum("from", None, sorted(foreign.LOADERS), "Format of --src.", required=True)
   flags.DEFINE_string("src", None, "Directory of the weights to import.", required=True)
   flags.DEFINE_string("out", None, "Exported directory to create.", required=True)
   app.run(main)

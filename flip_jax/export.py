@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import sys
 
+from absl import app, flags
+
+from flip_jax import objectives
 from flip_jax.interop import clip_layout, hf_clip, open_clip, ours
 from flip_jax.interop.rules import ConversionError
 
@@ -28,7 +31,7 @@ def export(checkpoint: str, fmt: str, out: str) -> str:
   """Writes `out` in format `fmt` from a training workdir or exported dir; returns its path."""
   if fmt not in FORMATS:
     raise ConversionError(f"--format={fmt!r}: expected one of {FORMATS}")
-  ckpt = ours.read(checkpoint)
+  ckpt = ours.read(checkpoint, drop=objectives.training_only_params)
   ours.check_params(ckpt.params, ckpt.config, source=checkpoint)
   tokenizer_json = ours.read_tokenizer_json(ckpt.config, ckpt.workdir)
   if fmt == "orbax":
@@ -46,7 +49,6 @@ def export(checkpoint: str, fmt: str, out: str) -> str:
 
 def main(argv):
   del argv
-  from absl import flags
   f = flags.FLAGS
   try:
     path = export(f.checkpoint, f.format, f.out)
@@ -57,7 +59,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
   flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint dir or exported dir.",
                       required=True)
   flags.DEFINE_enum("format", None, FORMATS, "What to write.", required=True)

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from flip_jax import sharding
+from flip_jax import objectives, sharding, trees
 from flip_jax.evaluate.base import Features
 from flip_jax.interop import ours
 from flip_jax.models import compute_dtype, from_config
@@ -37,7 +37,7 @@ class Model:
     abstract = nnx.eval_shape(lambda: from_config.build(config, rngs=nnx.Rngs(0),
                                                         dtype=dtype))
     graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
-    nnx.replace_by_pure_dict(abstract_params, ours.unflatten(params))
+    nnx.replace_by_pure_dict(abstract_params, trees.unflatten(params))
     mesh = sharding.make_mesh({"data": -1})
     replicated = jax.NamedSharding(mesh, jax.P())
     state = jax.device_put((abstract_params, rest), replicated)
@@ -114,7 +114,7 @@ def load(path: str, *, dtype=None, device_batch: int = 64) -> Model:
   dtype: compute dtype (default: config.dtype, 'auto' = bfloat16 on TPU/GPU, else float32).
   device_batch: rows per device per jitted call.
   """
-  ckpt = ours.read(path)
+  ckpt = ours.read(path, drop=objectives.training_only_params)
   ours.check_params(ckpt.params, ckpt.config, source=path)
   return Model(ckpt.config, ckpt.params, workdir=ckpt.workdir, dtype=dtype,
                device_batch=device_batch)

@@ -5,7 +5,6 @@ weights), with their shardings on a mesh. Imports no objective, trainer or evalu
 from __future__ import annotations
 
 import jax
-import numpy as np
 from flax import nnx
 
 from flip_jax import sharding
@@ -21,21 +20,6 @@ def specs(abstract_params, abstract_extra, mesh, min_size: int):
   """PartitionSpecs (pure dicts) of params and extra by the logical-axis rules."""
   return (sharding.param_specs(abstract_params, mesh, min_size=min_size),
           sharding.param_specs(abstract_extra, mesh, min_size=min_size))
-
-
-def fill(abstract, flat: dict[str, np.ndarray], source: str) -> dict:
-  """`abstract` (a pure dict of shape structs) with every leaf taken by its '/'-joined
-  name from `flat`; a missing name or another shape is an error naming it."""
-  def pick(path, sds):
-    name = "/".join(sharding._keystr(path))  # pylint: disable=protected-access
-    if name not in flat:
-      raise ValueError(f"{source}: has no {name!r}, which the model needs")
-    value = np.asarray(flat[name])
-    if value.shape != tuple(sds.shape):
-      raise ValueError(f"{source}: {name!r} has shape {value.shape}, the model expects "
-                       f"{tuple(sds.shape)}")
-    return value.astype(sds.dtype)
-  return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
 def place(tree: dict, specs_tree, mesh) -> dict:

@@ -14,13 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
-
-
-def param_paths(tree) -> "jax.tree":
-  """The same tree with each leaf replaced by its path, e.g. 'image/encoder/blocks/0/ln1/scale'."""
-  def name(path, _):
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-  return jax.tree_util.tree_map_with_path(name, tree)
+from flip_jax import trees
 
 
 def peak_lr(config) -> float:
@@ -61,14 +55,14 @@ def _first_match(patterns, path):
 def decay_mask(config, params):
   """True where weight decay applies (works on multi_transform's partially masked trees)."""
   return jax.tree.map(lambda p: _first_match(config.optim.no_decay, p) is None,
-                      param_paths(params))
+                      trees.names(params))
 
 
 def group_labels(config, params, lr_scales=None):
   """'frozen', 'default' or 'lr_x<mult>' per leaf; `lr_scales` (a tree like params of
   floats) multiplies the `lr_mults` regex multiplier."""
   o = config.optim
-  paths = param_paths(params)
+  paths = trees.names(params)
   scales = lr_scales if lr_scales is not None else jax.tree.map(lambda _: 1.0, paths)
 
   def label(path, scale):

@@ -13,7 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from flip_jax import trees
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -97,7 +100,6 @@ def constrain(x, axes: Sequence[str | None]):
 
 def param_specs(abstract_state, mesh: Mesh, *, min_size: int = 0):
   """PartitionSpecs, as a pure dict, for an nnx State whose Variables carry `axes` metadata."""
-  from flax import nnx
 
   def spec(v):
     axes = getattr(v, "axes", None) or (None,) * len(v.shape)
@@ -129,10 +131,6 @@ def data_parallel_size(mesh_config: Mapping[str, int], num_devices: int) -> int:
   return s["data"] * s["fsdp"]
 
 
-def _keystr(path) -> tuple:
-  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def specs_like(tree, reference_specs, reference_tree):
   """Specs for a tree whose leaves mirror some reference leaves (optimizer moments, EMA).
 
@@ -143,10 +141,10 @@ def specs_like(tree, reference_specs, reference_tree):
   leaves = jax.tree_util.tree_flatten_with_path(reference_tree)[0]
   spec_leaves = jax.tree.leaves(reference_specs, is_leaf=lambda x: isinstance(x, P))
   for (path, leaf), spec in zip(leaves, spec_leaves):
-    ref[_keystr(path)] = (tuple(leaf.shape), spec)
+    ref[tuple(trees.path_name(path).split("/"))] = (tuple(leaf.shape), spec)
 
   def pick(path, leaf):
-    keys = _keystr(path)
+    keys = tuple(trees.path_name(path).split("/"))
     for start in range(len(keys)):
       hit = ref.get(keys[start:])
       if hit is not None and hit[0] == tuple(leaf.shape):

@@ -32,7 +32,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
+
+from flip_jax import config_check, study_report, train, writers  # noqa: E402
+from flip_jax.recipes import classify as classify_recipe  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL = "study_val"  # the evaluator the study adds to every run
@@ -108,7 +112,6 @@ def pretrain_config(study, model_name: str, fraction: float, length: int):
 
 
 def finetune_config(study, pre: ml_collections.ConfigDict, pre_dir: str):
-  from flip_jax.recipes import classify as classify_recipe
   down = study.downstream
   c = classify_recipe.from_pretraining(pre, pre_dir, int(down.num_classes))
   apply_overrides(c, down.get("overrides", {}))
@@ -119,7 +122,6 @@ def finetune_config(study, pre: ml_collections.ConfigDict, pre_dir: str):
 
 def expand(study: ml_collections.ConfigDict, workdir: str, num_devices: int) -> list[Run]:
   """Every run of the grid with its validated configs; all errors at once, before training."""
-  from flip_jax import config_check
 
   errors, runs = [], []
   for key in ("models", "fractions", "lengths"):
@@ -162,7 +164,6 @@ def _last(rows: list[dict], key: str):
 
 
 def _train(config, workdir: str) -> tuple[list[dict], float]:
-  from flip_jax import train, writers
   t = time.time()
   train.run(config, workdir)
   return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")), time.time() - t
@@ -182,7 +183,6 @@ def run_one(run: Run, workdir: str) -> dict:
     return result
   print(f"[study] {run.name}: pre-training", flush=True)
   rows, t_pre = _train(run.pretrain, os.path.join(run_dir, "pretrain"))
-  from flip_jax import train
   result = dict(run=run.name, model=run.model, fraction=run.fraction, length=run.length,
                 steps=train.total_steps(run.pretrain), train_loss=_last(rows, "loss"), val_loss=_last(rows, f"eval/{VAL}/loss"),
                 pretrain_seconds=round(t_pre, 1), fingerprint=run.fingerprint())
@@ -212,9 +212,7 @@ def commands(runs: list[Run], study_flag: str, workdir: str, overrides=()) -> li
 def main(study, study_flag: str, workdir: str, *, only: str = "", collect: bool = False,
          print_commands: bool = False, overrides=()) -> dict | None:
   """`overrides`: the --config.* flags given, repeated in the printed commands."""
-  import jax
 
-  from flip_jax import study_report
 
   os.makedirs(workdir, exist_ok=True)
   runs = expand(study, workdir, jax.device_count())

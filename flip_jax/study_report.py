@@ -59,9 +59,9 @@ def correlations(rows: list[dict]) -> dict:
 
 
 def plot(workdir: str, rows: list[dict], corr: dict) -> list[str]:
-  import matplotlib
+  import matplotlib  # here: only plotting needs it, and its import builds a font cache
   matplotlib.use("Agg")  # files only, no display
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after use("Agg"): no display backend is loaded
 
   paths = []
   models = sorted({r["model"] for r in rows})

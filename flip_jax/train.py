@@ -28,8 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from flip_jax import (checkpoint, config_check, evaluate, model_state, objectives, optim,
-                      sharding)
+from flip_jax import (checkpoint, config_check, evaluate, model_state, objectives, optim, sharding,
+                      trees)
 from flip_jax.models.vit import resample_pos_emb
 
 
@@ -193,24 +193,15 @@ def load_init_params(trainer: Trainer, path: str) -> dict:
       raise ValueError(f"config.init_prefix={trainer.config.init_prefix!r}: the model has no "
                        f"subtree {'/'.join(keys[:i + 1])!r}")
     target = target[key]
-  flat_loaded = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
-  by_name = {"/".join(sharding._keystr(k)): v for k, v in flat_loaded.items()}
+  num_prefix = int(trainer.config.model.image.cls_token)
 
-  def pick(key_path, sds):
-    name = "/".join((src,) * bool(src) + sharding._keystr(key_path))
-    if name not in by_name:
-      raise ValueError(f"config.init_from={path!r}: checkpoint has no param {name!r}")
-    value = np.asarray(by_name[name])
-    if value.shape != sds.shape:
-      if name.endswith("pos_emb") and value.ndim == 2 and value.shape[1] == sds.shape[1]:
-        prefix = int(trainer.config.model.image.cls_token)
-        value = resample_pos_emb(value, sds.shape[0] - prefix, prefix)
-      else:
-        raise ValueError(f"config.init_from: param {name!r} has shape {value.shape} in the "
-                         f"checkpoint, the model expects {sds.shape}")
-    return value.astype(sds.dtype)
+  def resample(name, value, shape):
+    if name.endswith("pos_emb") and value.ndim == 2 and value.shape[1] == shape[1]:
+      return resample_pos_emb(value, shape[0] - num_prefix, num_prefix)
+    return value
 
-  params = jax.tree_util.tree_map_with_path(pick, target)
+  params = trees.fill(target, trees.flatten(loaded), f"config.init_from={path!r}", prefix=src,
+                      adapt=resample)
   for key in reversed(keys):
     params = {key: params}
   return params

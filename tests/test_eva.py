@@ -11,9 +11,9 @@ import torch
 import transformers
 from flax import nnx
 
-from flip_jax import benchmark, config_check, masking, objectives, sharding, train
+from flip_jax import benchmark, config_check, masking, objectives, sharding, train, trees
 from flip_jax.data import transforms
-from flip_jax.interop import ours, rules
+from flip_jax.interop import ours
 from flip_jax.models import from_config
 from flip_jax.objectives import eva
 from helpers import load_config, tiny_flip_config
@@ -42,7 +42,7 @@ def flip_teacher(tmp_path_factory):
   net = from_config.build(c, rngs=nnx.Rngs(0), dtype=np.float32)
   rng = np.random.default_rng(0)
   params = {k: np.asarray(v) + rng.normal(0, 0.05, np.shape(v)).astype(np.float32)
-            for k, v in rules.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
+            for k, v in trees.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
   return ours.write_exported(str(tmp_path_factory.mktemp("flip") / "ckpt"), params=params,
                              config=c), params
 
@@ -112,12 +112,12 @@ def test_flip_teacher_frozen_through_training_and_no_optimizer_state(tmp_path, f
   out = train.run(c, str(tmp_path / "run"))
   state = jax.device_get(out["state"])
   assert int(state["step"]) == 3
-  teacher = rules.flatten(state["extra"]["teacher"])
+  teacher = trees.flatten(state["extra"]["teacher"])
   assert set(teacher) <= set(exported) and "image/patch_embed/bias" in teacher
   for name, value in teacher.items():  # bit-identical to the checkpoint after 3 steps
     np.testing.assert_array_equal(value, exported[name], err_msg=name)
   assert set(state["params"]) == {"image", "head"}
-  opt_paths = rules.flatten(state["opt_state"])
+  opt_paths = trees.flatten(state["opt_state"])
   assert not any("teacher" in p for p in opt_paths)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   assert sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim) == 2 * n_params
@@ -125,7 +125,7 @@ def test_flip_teacher_frozen_through_training_and_no_optimizer_state(tmp_path, f
   # Export and inference read the student encoder, not the regression head.
   from flip_jax import export, inference
   exported_dir = export.export(str(tmp_path / "run"), "orbax", str(tmp_path / "exported"))
-  student = {f"image/{k}": v for k, v in rules.flatten(state["params"]["image"]).items()}
+  student = {f"image/{k}": v for k, v in trees.flatten(state["params"]["image"]).items()}
   got = ours.read(exported_dir).params
   assert set(got) == set(student)
   for name, value in student.items():
@@ -164,7 +164,7 @@ def test_open_clip_teacher_equals_the_checkpoint_it_was_exported_from(tmp_path):
   c.tokenizer = ""
   net = from_config.build(c, rngs=nnx.Rngs(1), dtype=np.float32)
   params = {k: np.asarray(v) + 0.05 for k, v in
-            rules.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
+            trees.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
   ckpt = ours.write_exported(str(tmp_path / "ours"), params=params, config=c)
   oc = export.export(ckpt, "open_clip", str(tmp_path / "oc"))
   x = np.random.default_rng(4).normal(size=(2, 32, 32, 3))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flip_jax import config_check, objectives, optim, sharding, train
+from flip_jax import config_check, objectives, optim, sharding, train, trees
 from flip_jax.models import heads, vit
 from flip_jax.objectives import ema, extrema
 from helpers import load_config
@@ -81,7 +81,7 @@ def test_teacher_is_extra_with_no_gradient_and_no_optimizer_state(two_steps):
   state = states[0]
   assert set(state["params"]) == {"student", "predictor"}
   assert set(state["extra"]) == {"teacher"}
-  opt_paths = jax.tree.leaves(optim.param_paths(state["opt_state"]))
+  opt_paths = jax.tree.leaves(trees.names(state["opt_state"]))
   assert opt_paths and not any("teacher" in p for p in opt_paths)
   # The loss does depend on the teacher's weights, yet their gradient is exactly zero.
   obj = trainer.objective
@@ -286,7 +286,7 @@ def test_recipes(two_steps):
   # layer scales, biases, norms and tokens get no weight decay (timm's add_weight_decay)
   trainer, states, _ = two_steps
   c, params = trainer.config, states[0]["params"]
-  decayed = {p for p, d in zip(jax.tree.leaves(optim.param_paths(params)),
+  decayed = {p for p, d in zip(jax.tree.leaves(trees.names(params)),
                                jax.tree.leaves(optim.decay_mask(c, params))) if d}
   assert not any("layer_scale" in p or "cls_token" in p or p.endswith("bias")
                  for p in decayed)

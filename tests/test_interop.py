@@ -19,10 +19,10 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from flip_jax import config_io, export, inference, sharding, train
+from flip_jax import config_io, export, inference, sharding, train, trees
 from flip_jax.convert import convert
 from flip_jax.data import transforms
-from flip_jax.interop import ours, rules
+from flip_jax.interop import ours
 from flip_jax.interop.rules import ConversionError
 from flip_jax.models import from_config
 from helpers import ROOT, tiny_flip_config
@@ -163,8 +163,8 @@ def test_training_checkpoint_orbax_export_and_inference(tmp_path):
 
   # fine-tuning reads the exported dir like a workdir
   params = train.load_init_params(trainer, exported)
-  want = rules.flatten(jax.device_get(state["params"]))
-  for name, value in rules.flatten(params).items():
+  want = trees.flatten(jax.device_get(state["params"]))
+  for name, value in trees.flatten(params).items():
     np.testing.assert_array_equal(value, want[name])
 
 
@@ -173,7 +173,7 @@ def random_exported(path, config, seed=0):
   net = from_config.build(config, rngs=nnx.Rngs(seed), dtype=np.float32)
   rng = np.random.default_rng(seed)
   params = {k: np.asarray(v) + rng.normal(0, 0.05, np.shape(v)).astype(np.float32)
-            for k, v in rules.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
+            for k, v in trees.flatten(nnx.to_pure_dict(nnx.state(net, nnx.Param))).items()}
   return ours.write_exported(str(path), params=params, config=config)
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 import multihost
-from flip_jax import checkpoint, data, sharding, train, writers
+from flip_jax import checkpoint, data, sharding, train, trees, writers
 from helpers import tiny_flip_config
 
 STEPS = 16
@@ -132,5 +132,4 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
 
 
 def by_name(tree) -> dict:
-  return {"/".join(sharding._keystr(path)): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {name: np.asarray(leaf) for name, leaf in trees.flatten(tree).items()}

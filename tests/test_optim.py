@@ -4,7 +4,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flip_jax import objectives, optim
+from flip_jax import objectives, optim, trees
 from helpers import tiny_flip_config
 
 
@@ -18,7 +18,7 @@ def test_weight_decay_mask_hits_intended_leaves():
   c.model.image.pos_emb = "learned"
   params = flip_params(c)
   mask = optim.decay_mask(c, params)
-  names = jax.tree.leaves(optim.param_paths(params))
+  names = jax.tree.leaves(trees.names(params))
   decayed = {n for n, d in zip(names, jax.tree.leaves(mask)) if d}
   for n in names:
     no_decay = (n.endswith("/bias") or n.endswith("/scale") or "pos_emb" in n

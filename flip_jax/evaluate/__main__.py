@@ -15,7 +15,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+
+from flip_jax import distributed  # noqa: E402
+from flip_jax.evaluate import standalone  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or exported dir.")
 _EVALS = flags.DEFINE_list("evals", [], "Evaluations to run (default: the config's).")
@@ -39,9 +43,6 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every restore at INFO
     logging.set_verbosity(logging.WARNING)
-  import jax
-  from flip_jax import distributed
-  from flip_jax.evaluate import standalone
   config, _ = standalone.read_config(_CHECKPOINT.value)
   distributed.initialize(config)
   try:

@@ -254,10 +254,6 @@ def on_host_device():
     yield lambda x: jax.device_put(np.asarray(x), device)
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
   """Fraction of rows whose label is among the k largest logits (ties broken by index)."""
   top = np.argsort(-logits, axis=1, kind="stable")[:, :k]

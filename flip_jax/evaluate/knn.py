@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flip_jax.evaluate import datasets
-from flip_jax.evaluate.base import (Evaluator, l2_normalize, on_host_device, register,
+from flip_jax.evaluate.base import (Evaluator, on_host_device, register,
                                    topk_metrics)
+from flip_jax.models.image_tower import l2_normalize
 
 CHUNK = 256  # test rows scored against the whole training set at once
 

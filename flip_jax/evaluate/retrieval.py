@@ -15,7 +15,8 @@ import numpy as np
 
 from flip_jax.data import tokenizer as tokenizer_lib
 from flip_jax.evaluate import datasets
-from flip_jax.evaluate.base import Evaluator, l2_normalize, register
+from flip_jax.evaluate.base import Evaluator, register
+from flip_jax.models.image_tower import l2_normalize
 
 CHUNK = 1024  # query rows scored at once: bounds the similarity block held in memory
 

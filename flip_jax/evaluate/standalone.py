@@ -13,10 +13,9 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from flip_jax import checkpoint, config_io, model_state, objectives, sharding
+from flip_jax import checkpoint, config_io, model_state, objectives, sharding, trees
 from flip_jax.evaluate import base, presets
 from flip_jax.interop import ours
-from flip_jax.interop.rules import flatten
 
 
 def _mesh(config):
@@ -47,12 +46,12 @@ def load_features(path: str, config: ml_collections.ConfigDict, *, device_batch:
   mesh = _mesh(config)
   param_specs, extra_specs = model_state.specs(abs_params, abs_extra, mesh,
                                                config.fsdp_min_size)
-  params = model_state.fill(nnx.to_pure_dict(abs_params),
-                            flatten(checkpoint.load_params(path)), path)
+  params = trees.fill(nnx.to_pure_dict(abs_params),
+                      trees.flatten(checkpoint.load_params(path)), path)
   extra_tree = nnx.to_pure_dict(abs_extra)
   loaded_extra = checkpoint.load_state_entry(path, "extra")
   if loaded_extra is not None:
-    extra = model_state.fill(extra_tree, flatten(loaded_extra), path)
+    extra = trees.fill(extra_tree, trees.flatten(loaded_extra), path)
   elif jax.tree.leaves(extra_tree):
     raise ValueError(f"{path}: holds params only, but objective {config.objective!r} also "
                      f"keeps non-trained state; evaluate its training workdir instead")

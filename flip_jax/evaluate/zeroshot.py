@@ -7,7 +7,8 @@ import numpy as np
 from flip_jax.data import tokenizer as tokenizer_lib
 from flip_jax.evaluate import datasets
 from flip_jax.evaluate import templates as templates_lib
-from flip_jax.evaluate.base import Evaluator, l2_normalize, register, topk_metrics
+from flip_jax.evaluate.base import Evaluator, register, topk_metrics
+from flip_jax.models.image_tower import l2_normalize
 
 
 def class_embeddings(features, tokenizer, class_names, templates) -> np.ndarray:

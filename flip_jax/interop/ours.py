@@ -14,14 +14,15 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from typing import Callable, Iterable
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from flip_jax import checkpoint, config_io
-from flip_jax.interop.rules import ConversionError, flatten
+from flip_jax import checkpoint, config_io, trees
+from flip_jax.interop.rules import ConversionError
 from flip_jax.models import from_config
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -32,7 +33,7 @@ def param_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   abstract = nnx.eval_shape(lambda: from_config.build(config, rngs=nnx.Rngs(0),
                                                       dtype=np.float32))
   params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-  return {k: tuple(v.shape) for k, v in flatten(params).items()}
+  return {k: tuple(v.shape) for k, v in trees.flatten(params).items()}
 
 
 @contextlib.contextmanager
@@ -84,19 +85,18 @@ def read_tokenizer_json(config: ml_collections.ConfigDict, workdir: str) -> str 
   return tokenizer_lib.get_tokenizer(config, workdir).to_str()
 
 
-def read(path: str) -> Checkpoint:
-  """A training workdir (newest step) or an exported directory; params the objective
-  uses only in training (`Objective.training_only_params`) are left out."""
+def read(path: str, *, drop: Callable[[ml_collections.ConfigDict], Iterable[str]] = (
+    lambda config: ())) -> Checkpoint:
+  """A training workdir (newest step) or an exported directory, less the top-level param
+  subtrees that `drop(config)` names (e.g. `objectives.training_only_params`)."""
   workdir = find_workdir(path)
   config = config_io.read(workdir)
   try:
     _, step = checkpoint.find_checkpoint_dir(path)
   except FileNotFoundError as err:
     raise ConversionError(str(err)) from None
-  from flip_jax import objectives  # here: objectives import this package (teachers)
-  method = objectives.REGISTRY.get(config.get("objective"))
-  dropped = method.training_only_params if method else ()
-  params = {k: np.asarray(v) for k, v in flatten(checkpoint.load_params(path)).items()
+  dropped = tuple(drop(config))
+  params = {k: np.asarray(v) for k, v in trees.flatten(checkpoint.load_params(path)).items()
             if k.split("/")[0] not in dropped}
   return Checkpoint(config, params, step, workdir)
 
@@ -116,17 +116,6 @@ def check_params(params: dict[str, np.ndarray], config: ml_collections.ConfigDic
                             f"config implies {expected[name]}")
 
 
-def unflatten(params: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for name, value in params.items():
-    node = tree
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 def write_exported(out: str, *, params: dict[str, np.ndarray],
                    config: ml_collections.ConfigDict, step: int = 0,
                    tokenizer_json: str | None = None) -> str:
@@ -134,7 +123,7 @@ def write_exported(out: str, *, params: dict[str, np.ndarray],
   check_params(params, config, source="the converted weights")
   with output_dir(out) as tmp:
     mgr = checkpoint.manager(tmp, every_steps=1, keep=1, use_async=False)
-    tree = jax.tree.map(lambda x: np.asarray(x, np.float32), unflatten(params))
+    tree = jax.tree.map(lambda x: np.asarray(x, np.float32), trees.unflatten(params))
     checkpoint.save(mgr, step, {"params": tree}, force=True)
     mgr.wait_until_finished()
     mgr.close()

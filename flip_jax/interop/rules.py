@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable, Mapping
 
-import jax
 import numpy as np
 
 
@@ -63,16 +62,6 @@ def packed_bias(ours: tuple[str, ...], theirs: str) -> Rule:
   def to_ours(v, shapes):
     return tuple(part.reshape(s) for part, s in zip(np.split(v, len(ours)), shapes))
   return Rule(ours, theirs, to_ours, lambda a: np.concatenate([b.reshape(-1) for b in a]))
-
-
-def flatten(tree) -> dict[str, np.ndarray]:
-  """Nested params (pure dict, nnx.State, restored Orbax tree) -> {'a/b/0/c': array}."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-                    for k in path)
-    out[name] = leaf
-  return out
 
 
 def foreign_shape(rule: Rule, shapes: tuple) -> tuple:

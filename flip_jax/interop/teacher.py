@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 from safetensors import safe_open
 
-from flip_jax import checkpoint, config_io, convert
-from flip_jax.interop import hf_clip, open_clip, ours
-from flip_jax.interop.rules import ConversionError, flatten
+from flip_jax import checkpoint, config_io, trees
+from flip_jax.interop import foreign, hf_clip, open_clip, ours
+from flip_jax.interop.rules import ConversionError
 
 RANDOM = "random:"
 # Hugging Face config.json contents of public CLIP vision towers (architecture only).
@@ -129,6 +129,6 @@ def read_params(path: str) -> dict[str, np.ndarray] | None:
   k = kind(path)
   if k == "random":
     return None
-  if k in convert.LOADERS:
-    return convert.load(k, path)[0]
-  return {name: np.asarray(v) for name, v in flatten(checkpoint.load_params(path)).items()}
+  if k in foreign.LOADERS:
+    return foreign.load(k, path)[0]
+  return {name: np.asarray(v) for name, v in trees.flatten(checkpoint.load_params(path)).items()}

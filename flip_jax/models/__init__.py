@@ -1,4 +1,5 @@
 """Reusable model parts; none of them knows which method trains it."""
+import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -7,7 +8,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def compute_dtype(name: str):
   """'auto' -> bfloat16 on TPU/GPU, float32 on CPU."""
   if name == "auto":
-    import jax
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   if name not in DTYPES:
     raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {name!r}")

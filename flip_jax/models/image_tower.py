@@ -6,16 +6,21 @@ in `TwoTowers` ('image', 'image_proj'), so either model loads the other's image 
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flip_jax.models.heads import projection
 from flip_jax.models.vit import VisionTransformer
 
 
-def l2_normalize(x, eps=1e-6):
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+def l2_normalize(x, eps=1e-12):
+  """x / ||x|| over the last axis, in float32: jax in, jax out (traced too); numpy in,
+  numpy out (host-side evaluation)."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  x = x.astype(np.float32)
+  return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def embed_image(vit: VisionTransformer, proj, images, *, keep_indices=None, rng=None):

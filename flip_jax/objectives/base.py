@@ -25,6 +25,13 @@ def register(name: str) -> Callable:
   return wrap
 
 
+def training_only_params(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Top-level param subtrees that the objective of `config` uses only in training (EVA's
+  regression head); none for a config without a registered objective."""
+  method = REGISTRY.get(config.get("objective"))
+  return method.training_only_params if method else ()
+
+
 def get(config: ml_collections.ConfigDict) -> "Objective":
   if config.objective not in REGISTRY:
     raise ValueError(f"config.objective: unknown {config.objective!r}; "

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flip_jax import trees
 from flip_jax.models import encoders, from_config, swin
 from flip_jax.objectives.base import Objective, register
 from flip_jax.objectives.simmim import encoder_flops
-from flip_jax.optim import param_paths
 
 
 def encoder_depths(config) -> tuple[int, ...]:
@@ -45,7 +45,7 @@ def layer_decay_scales(params, encoder: str, depths, decay: float):
       return 1.0
     return decay ** (top - LAYER_IDS[encoder](path[len("encoder/"):], depths))
 
-  return jax.tree.map(scale, param_paths(params))
+  return jax.tree.map(scale, trees.names(params))
 
 
 @register("classify")

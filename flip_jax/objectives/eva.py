@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from flip_jax import masking
+from flip_jax import masking, trees
 from flip_jax.interop import teacher as teacher_lib
 from flip_jax.models import from_config, layers
 from flip_jax.models.frozen import freeze
@@ -189,20 +189,12 @@ class Eva(Objective):
       return None
     prefix = int(self.teacher_config.model.image.cls_token)
 
-    def pick(key_path, sds):
-      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
-      if name not in params:
-        raise ValueError(f"config.teacher.path={path}: the checkpoint has no param {name!r}")
-      value = np.asarray(params[name])
-      if name == "image/pos_emb" and value.shape != sds.shape:
-        value = resample_pos_emb(value, sds.shape[0] - prefix, prefix)  # grid checked
-      if value.shape != sds.shape:
-        raise ValueError(f"config.teacher.path={path}: param {name!r} has shape "
-                         f"{value.shape}, the teacher built from its config expects "
-                         f"{sds.shape}")
-      return value
+    def resample(name, value, shape):  # the grid was checked in validate()
+      return resample_pos_emb(value, shape[0] - prefix, prefix) if name == "image/pos_emb" \
+          else value
 
-    return {"teacher": jax.tree_util.tree_map_with_path(pick, abstract_extra["teacher"])}
+    return {"teacher": trees.fill(abstract_extra["teacher"], params,
+                                  f"config.teacher.path={path}", adapt=resample)}
 
   # ---------------------------------------------------------------- step
 

@@ -20,6 +20,7 @@ from flax import nnx
 from flip_jax import masking
 from flip_jax.models import from_config, layers
 from flip_jax.models.heads import MlpHead
+from flip_jax.models.image_tower import l2_normalize
 from flip_jax.models.instance_encoder import InstanceEncoder
 from flip_jax.objectives import ema
 from flip_jax.objectives.base import Objective, register
@@ -43,11 +44,7 @@ class ExtremaModel(nnx.Module):
 
 def byol_loss(pred, target):
   """pred [B, K, D], target [B, D] -> (mean over b, k of 2 - 2 cos, mean cos)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
-  p = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
-  z = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
-  cos = jnp.einsum("bkd,bd->bk", p, z)
+  cos = jnp.einsum("bkd,bd->bk", l2_normalize(pred), l2_normalize(target))
   return (2.0 - 2.0 * cos).mean(), cos.mean()
 
 
@@ -126,8 +123,7 @@ class Extrema(Objective):
     pred = model.predictor(model.student(images, keep_indices=keep, rng=r_drop))
     target = jax.lax.stop_gradient(model.teacher(batch["image2"]))
     loss, cos = byol_loss(pred.reshape(b, keep.shape[1], -1), target)
-    z = target.astype(jnp.float32)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    z = l2_normalize(target)
     # Collapse monitor: per-dimension std of the normalised targets (0 when collapsed).
     return loss, {"cos": cos, "target_std": z.std(axis=0).mean(),
                   "tokens_kept": jnp.asarray(keep.shape[2], jnp.float32)}
