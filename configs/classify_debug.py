@@ -11,21 +11,12 @@ from flip_jax.recipes import simmim as simmim_recipe
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "swinv2", "vit"):
-    raise ValueError(f"classify_debug takes 'swinv2' (default) or 'vit', got {arg!r}")
   c = classify_recipe.classify_config()
   c.image_size = 32
   c.batch_size = 64
   c.total_samples = 64 * 150
   c.model.num_classes = 10
-  if arg == "vit":
-    c.model.encoder = "vit"
-    c.model.image.update(variant="custom/4", width=48, depth=2, heads=3, mlp_dim=96,
-                         pos_emb="sincos2d")
-  else:
-    c.model.encoder = "swinv2"
-    c.model.swin.update(variant="custom", embed_dim=24, depths=(2, 2), heads=(2, 4), window=4,
-                        drop_path=0.1)
+  simmim_recipe.debug_encoder(c, arg, drop_path=0.1)
   c.classify.layer_decay = 0.75
   c.data.update(source="digits", rrc_area=(0.67, 1.0), flip=False,
                 mean=simmim_recipe.IMAGENET_MEAN, std=simmim_recipe.IMAGENET_STD)

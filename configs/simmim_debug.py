@@ -9,21 +9,12 @@ from flip_jax.recipes import simmim as simmim_recipe
 
 
 def get_config(arg=None):
-  if arg not in (None, "", "swinv2", "vit"):
-    raise ValueError(f"simmim_debug takes 'swinv2' (default) or 'vit', got {arg!r}")
   c = simmim_recipe.simmim_config()
   c.image_size = 32
   c.batch_size = 64
   simmim_recipe.set_length(c, 64 * 300)
   c.simmim.mask_patch = 8
-  if arg == "vit":
-    c.model.encoder = "vit"
-    c.model.image.update(variant="custom/4", width=48, depth=2, heads=3, mlp_dim=96,
-                         mask_token=True, pos_emb="sincos2d")
-  else:
-    c.model.encoder = "swinv2"
-    c.model.swin.update(variant="custom", embed_dim=24, depths=(2, 2), heads=(2, 4), window=4,
-                        drop_path=0.0, mask_token=True)
+  simmim_recipe.debug_encoder(c, arg, mask_token=True)
   # mirrored digits are other glyphs: no flip
   c.data.update(source="digits", name="", rrc_area=(0.67, 1.0), flip=False)
   c.optim.update(lr_per_256=1e-2, warmup_samples=64 * 20)

@@ -9,10 +9,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import config_check, distributed, train  # noqa: E402
+from flip_jax import config_check, console, distributed, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -23,8 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   distributed.initialize(_CONFIG.value)
-  logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
-               jax.process_count())
+  log_file = console.route_logs(_WORKDIR.value)
+  console.say(f"flip_jax: {jax.device_count()} {jax.default_backend()} device(s), process "
+              f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}")
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except (config_check.ConfigError, train.NonFiniteError) as err:

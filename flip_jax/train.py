@@ -28,8 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from flip_jax import (checkpoint, config_check, evaluate, model_state, objectives, optim, sharding,
-                      trees)
+from flip_jax import (checkpoint, config_check, console, evaluate, model_state, objectives,
+                      optim, sharding, trees)
 from flip_jax.models.vit import resample_pos_emb
 
 
@@ -227,14 +227,17 @@ def _overlay(tree: dict, values: dict, shardings: dict, where: str) -> dict:
 
 # ------------------------------------------------------------------ the loop
 
-def setup_tokenizer(config, workdir):
-  """Loads (or trains, for the debug vocab) the tokenizer and sizes the text tower to it."""
-  from flip_jax.data import tokenizer as tokenizer_lib
+def resolve_tokenizer(config, workdir):
+  """(tokenizer, config with the text tower sized to it): loads the tokenizer (or trains
+  it, for the debug vocab) and returns a copy of `config` with `model.text.vocab_size` and
+  `pad_id` set from it. `config` itself is left as it was."""
+  from flip_jax.data import tokenizer as tokenizer_lib  # data needs grain: not for bench/plan
   tok = tokenizer_lib.get_tokenizer(config, workdir)
-  with config.unlocked():
-    config.model.text.vocab_size = tok.vocab_size
-    config.model.text.pad_id = tok.pad_id
-  return tok
+  resolved = config.copy_and_resolve_references()
+  with resolved.unlocked():
+    resolved.model.text.vocab_size = tok.vocab_size
+    resolved.model.text.pad_id = tok.pad_id
+  return tok, resolved
 
 
 class _StopSignal:
@@ -281,18 +284,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
   """
   # The loop's logging needs clu (and so TensorFlow); the step above does not, so the
   # benchmark and the planner import this module without them.
-  from clu import periodic_actions
-  from flip_jax import data, writers
+  from clu import periodic_actions  # loop only: clu needs TensorFlow (see above)
+  from flip_jax import data, writers  # loop only: grain, clu writers
 
   # ---- set-up ----------------------------------------------------------
   config_check.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
-  tokenizer = setup_tokenizer(config, workdir) if config.get("tokenizer") else None
+  tokenizer = None
+  if config.tokenizer:
+    tokenizer, config = resolve_tokenizer(config, workdir)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    console.say(f"config: {os.path.join(os.path.abspath(workdir), 'config.json')}")
   # Evaluators load their data first: a missing dataset fails before any model work.
   evaluators = evaluate.build(config, workdir)
   trainer = Trainer(config, mesh)
@@ -304,11 +310,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
 
   with jax.set_mesh(mesh), _StopSignal() as stop:
     if mgr.latest_step() is not None:
-      logging.info("resuming from %s step %d", mgr.directory, mgr.latest_step())
+      console.say(f"resuming from step {mgr.latest_step()} in {mgr.directory}")
       state = checkpoint.restore(mgr, trainer.abstract_state(), data_iter)
     else:
       state = trainer.fresh_state()
     start = int(state["step"])
+    progress = console.Progress(n_steps, start)
 
     writer = writers.create(workdir, is_main=is_main)
     if is_main and start > 0:
@@ -322,7 +329,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
     last = {}
     if start == 0:
       for ev in (e for e in evaluators if e.at_start):
-        last.update(_evaluate(ev, trainer, state, writer, 0))
+        last.update(_evaluate(ev, trainer, state, writer, 0, progress))
 
     # ---- train -------------------------------------------------------
     acc, t_log, since_log = None, time.time(), 0
@@ -332,6 +339,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
         batch = sharding.global_batch(mesh, next(data_iter))
         state, metrics = trainer.step(state, batch)
       acc, since_log = _accumulate(acc, metrics), since_log + 1
+      progress.step_done(step)
       for hook in hooks:
         hook(step)
       log_now = step % config.log_every_steps == 0 or step == n_steps
@@ -343,24 +351,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
                        nonfinite_steps=int(state["nonfinite"]["total"]))
         scalars.update(_skipped_samples(data_iter))
         writer.write_scalars(step, scalars)
+        progress.log(step, scalars)
         last, acc, t_log, since_log = scalars, None, time.time(), 0
       for ev in evaluators:
         if (ev.every_steps and step % ev.every_steps == 0) or step == n_steps:
-          last.update(_evaluate(ev, trainer, state, writer, step))
+          last.update(_evaluate(ev, trainer, state, writer, step, progress))
           t_log = time.time()
       stopping = step == end or stop.should_stop(mgr, step)
       if log_now or stopping or mgr.should_save(step):
         check_nonfinite(state, step, config.max_nonfinite_steps, mgr)
-      checkpoint.save(mgr, step, state, data_iter, force=stopping)
+      if checkpoint.save(mgr, step, state, data_iter, force=stopping):
+        progress.saved(step, mgr.directory)
       if stopping:
         break
     mgr.wait_until_finished()
     writer.flush()
+    progress.summary(int(state["step"]), last, str(mgr.directory), mgr.latest_step())
   return {"state": state, "metrics": last}
 
 
-def _evaluate(ev, trainer, state, writer, step: int) -> dict[str, float]:
+def _evaluate(ev, trainer, state, writer, step: int, progress) -> dict[str, float]:
   results = evaluate.run(ev, trainer.features(state))
+  progress.evaluated(step, ev.name, results)
   scalars = {f"eval/{ev.name}/{k}": v for k, v in results.items()}
   writer.write_scalars(step, scalars)
   return scalars
@@ -369,17 +381,17 @@ def _evaluate(ev, trainer, state, writer, step: int) -> dict[str, float]:
 def _skipped_samples(data_iter) -> dict[str, int]:
   """data/skipped/<reason>: broken records dropped so far, summed over hosts. Cumulative
   over the whole run (the counts live in the checkpointed iterator state)."""
-  from flip_jax.data import quality
+  from flip_jax.data import quality  # loop only: data needs grain
   counts = quality.skip_counts(data_iter)
   local = np.asarray([counts.get(r, 0) for r in quality.REASONS], np.int32)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # multi-host runs only
     local = np.asarray(multihost_utils.process_allgather(local)).sum(0)
   return {f"data/skipped/{r}": int(n) for r, n in zip(quality.REASONS, local) if n}
 
 
 def _accumulate(acc, metrics):
-  from clu import metrics as clu_metrics
+  from clu import metrics as clu_metrics  # loop only: clu needs TensorFlow
   names = sorted(metrics)
   coll = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in names})
   single = coll.single_from_model_output(**metrics)

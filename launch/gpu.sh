@@ -13,32 +13,24 @@ set -euo pipefail
 config="" workdir="" gpus="" install=0 dry_run=0
 overrides=()
 
-usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
+usage_end=11  # the last line of the header comment, which --help prints
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 
-while (($#)); do
+script_arg() {
   case "$1" in
-    --config=*) config="${1#*=}" ;;
-    --workdir=*) workdir="${1#*=}" ;;
     --gpus=*) gpus="${1#*=}" ;;
     --install) install=1 ;;
-    --dry-run) dry_run=1 ;;
-    -h | --help) usage 0 ;;
-    --) shift; overrides=("$@"); break ;;
-    *) echo "gpu.sh: unknown argument $1" >&2; usage 2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+}
+parse_args "$@"
 
 if [[ -z "$config" || -z "$workdir" ]]; then
   echo "gpu.sh: --config= and --workdir= are required" >&2
   exit 2
 fi
 
-# shellcheck source=common.sh
-source "$(dirname "$0")/common.sh"
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 if ((install)); then

@@ -16,29 +16,23 @@ name="" zone="" accelerator_type="v4-32" version="" config="" workdir="" project
 spot=0 dry_run=0 steps="create,install,train,logs,delete"
 overrides=()
 
-usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
+usage_end=13  # the last line of the header comment, which --help prints
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 
-while (($#)); do
+script_arg() {
   case "$1" in
     --name=*) name="${1#*=}" ;;
     --zone=*) zone="${1#*=}" ;;
     --accelerator-type=*) accelerator_type="${1#*=}" ;;
     --version=*) version="${1#*=}" ;;
-    --config=*) config="${1#*=}" ;;
-    --workdir=*) workdir="${1#*=}" ;;
     --project=*) project="${1#*=}" ;;
     --steps=*) steps="${1#*=}" ;;
     --spot) spot=1 ;;
-    --dry-run) dry_run=1 ;;
-    -h | --help) usage 0 ;;
-    --) shift; overrides=("$@"); break ;;
-    *) echo "tpu_vm.sh: unknown argument $1" >&2; usage 2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+}
+parse_args "$@"
 
 for required in name zone; do
   if [[ -z "${!required}" ]]; then
@@ -57,8 +51,6 @@ if [[ -z "$version" ]]; then
   esac
 fi
 
-# shellcheck source=common.sh
-source "$(dirname "$0")/common.sh"
 
 gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone="$zone")

@@ -1,9 +1,11 @@
 """Helpers shared by the data and evaluation tests: a small CPU config, batch comparisons,
 and digits written as a TFDS (ArrayRecord) dataset."""
+import json
+
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flip_jax import config_base
+from flip_jax import config_base, data
 from flip_jax.data import digits
 
 SIZE = 16
@@ -21,6 +23,20 @@ def make_config(**data_overrides):
 
 def take(iterator, n):
   return [next(iterator) for _ in range(n)]
+
+
+def assert_resumes_exactly(config, tokenizer, *, skip: int, check: int):
+  """A train iterator restored from its state after `skip` batches (state through JSON, as
+  Orbax's grain handler writes it) yields the same next `check` batches as the original."""
+  iterator = data.build_train(config, tokenizer)
+  take(iterator, skip)
+  state = json.loads(json.dumps(iterator.get_state()))
+  expected = take(iterator, check)
+  iterator.close()
+  resumed = data.build_train(config, tokenizer)
+  resumed.set_state(state)
+  assert_same_batches(expected, take(resumed, check))
+  resumed.close()
 
 
 def assert_same_batches(a, b):

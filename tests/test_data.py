@@ -1,7 +1,6 @@
 """flip_jax.data on the embedded digits set: split, tokenizer, transforms, batches,
 determinism, resume (plain state and Orbax), host sharding, zero-shot eval data."""
 import io
-import json
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from data_testing import SIZE, assert_same_batches, make_config, take
+from data_testing import SIZE, assert_resumes_exactly, assert_same_batches, make_config, take
 from flip_jax import data
 from flip_jax.data import digits
 from flip_jax.data import sources
@@ -200,16 +199,7 @@ def test_orbax_saves_and_restores_the_iterator_with_the_train_state(tokenizer, t
 
 
 def test_worker_processes_resume_exactly(tokenizer):
-  config = make_config(num_workers=2)
-  iterator = data.build_train(config, tokenizer)
-  take(iterator, 3)
-  state = json.loads(json.dumps(iterator.get_state()))  # what Orbax's grain handler writes
-  expected = take(iterator, 2)
-  iterator.close()
-  resumed = data.build_train(config, tokenizer)
-  resumed.set_state(state)
-  assert_same_batches(expected, take(resumed, 2))
-  resumed.close()
+  assert_resumes_exactly(make_config(num_workers=2), tokenizer, skip=3, check=2)
 
 
 def test_hosts_read_disjoint_slices_that_cover_the_data(tokenizer):

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from data_testing import SIZE, DigitsTfds, assert_same_batches, make_config, take
+from data_testing import (SIZE, DigitsTfds, assert_resumes_exactly, assert_same_batches,
+                          make_config, take)
 from flip_jax import data
 from flip_jax.data import digits
 from flip_jax.data import pack
@@ -112,15 +113,7 @@ def test_wds_resumes_exactly_mid_shard_window_and_epoch(wds_glob, tokenizer):
 def test_wds_worker_processes_resume_exactly(wds_glob, tokenizer):
   config = wds_config(wds_glob, num_workers=2)
   config.batch_size = 4
-  iterator = data.build_train(config, tokenizer)
-  take(iterator, 3)
-  state = json.loads(json.dumps(iterator.get_state()))
-  expected = take(iterator, 3)
-  iterator.close()
-  resumed = data.build_train(config, tokenizer)
-  resumed.set_state(state)
-  assert_same_batches(expected, take(resumed, 3))
-  resumed.close()
+  assert_resumes_exactly(config, tokenizer, skip=3, check=3)
 
 
 def test_wds_hosts_read_disjoint_shards_covering_the_data(wds_glob):

@@ -111,7 +111,7 @@ def class_oracle(sets, tokenizer, image_emb_of_label=None):
 def workdir(tmp_path_factory):
   """A workdir holding the digits WordPiece tokenizer (as a training run leaves it)."""
   path = tmp_path_factory.mktemp("workdir")
-  train.setup_tokenizer(tiny_flip_config(), str(path))
+  train.resolve_tokenizer(tiny_flip_config(), str(path))
   return str(path)
 
 

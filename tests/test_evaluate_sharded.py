@@ -37,7 +37,7 @@ def evaluate_on(mesh, workdir):
   """(results of every evaluator, zero-shot image features) of a freshly initialised tiny
   FLIP model, evaluated as the training loop does (inside the mesh)."""
   c = eval_config()
-  train.setup_tokenizer(c, workdir)
+  _, c = train.resolve_tokenizer(c, workdir)
   evaluators = evaluate.build(c, workdir)
   trainer = train.Trainer(c, mesh)
   with jax.set_mesh(mesh):
@@ -52,7 +52,7 @@ def evaluate_on(mesh, workdir):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("workdir"))
-  train.setup_tokenizer(eval_config(), path)  # written once, before processes share it
+  train.resolve_tokenizer(eval_config(), path)  # written once, before processes share it
   return path
 
 

@@ -119,7 +119,7 @@ def test_validation_loss_evaluator_is_deterministic_and_fixed_masked():
   c.evals = {"val": dict(type="val_loss", dataset="digits", split="test", batch_size=32)}
   mesh = sharding.make_mesh({"data": -1})
   with tempfile.TemporaryDirectory() as workdir:
-    train.setup_tokenizer(c, workdir)  # sizes the text tower to the digits vocab
+    _, c = train.resolve_tokenizer(c, workdir)  # sizes the text tower to the digits vocab
     trainer = train.Trainer(c, mesh)
     with jax.set_mesh(mesh):
       state = trainer.init()

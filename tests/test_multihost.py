@@ -75,7 +75,7 @@ def one_process_reference(workdir) -> tuple[dict, dict]:
   """(initial, final) params of the same run in this process on 4 devices, fed with both
   hosts' batches, process 0's first (its devices come first in the mesh)."""
   c = config()
-  tokenizer = train.setup_tokenizer(c, workdir)
+  tokenizer, c = train.resolve_tokenizer(c, workdir)
   mesh = sharding.make_mesh({"data": -1}, jax.devices()[:4])
   trainer = train.Trainer(c, mesh)
   hosts = [data.build_train(c, tokenizer, process_index=i, process_count=2) for i in range(2)]

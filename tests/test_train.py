@@ -97,7 +97,7 @@ def test_init_from_loads_params_resamples_pos_emb_and_drops_optimizer(tmp_path):
   ft = tiny_flip_config(image_size=48)
   ft.model.image.pos_emb = "learned"
   ft.init_from = str(tmp_path / "pre")
-  train.setup_tokenizer(ft, str(tmp_path / "ft"))  # the same digits vocab as "pre"
+  _, ft = train.resolve_tokenizer(ft, str(tmp_path / "ft"))  # the same digits vocab as "pre"
   mesh = sharding.make_mesh({"data": -1})
   trainer = train.Trainer(ft, mesh)
   params = train.load_init_params(trainer, ft.init_from)

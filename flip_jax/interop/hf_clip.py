@@ -84,7 +84,7 @@ def text_rules(depth: int) -> list[R.Rule]:
 
 def model_rules(config: ml_collections.ConfigDict, vision_prefix: str) -> list[R.Rule]:
   m = config.model
-  out = vision_rules(vision_prefix, image_dims(config)[1])
+  out = vision_rules(vision_prefix, image_dims(config).depth)
   if m.embed_dim:
     out.append(R.linear("image_proj/kernel", "visual_projection.weight"))
   if m.type == "two_towers":

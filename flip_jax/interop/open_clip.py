@@ -70,7 +70,7 @@ def model_rules(config: ml_collections.ConfigDict) -> list[R.Rule]:
   if i.ln_pre:
     out += [R.copy("image/ln_pre/scale", "visual.ln_pre.weight"),
             R.copy("image/ln_pre/bias", "visual.ln_pre.bias")]
-  out += resblock_rules("image", "visual.", image_dims(config)[1])
+  out += resblock_rules("image", "visual.", image_dims(config).depth)
   out += [R.copy("image/ln_post/scale", "visual.ln_post.weight"),
           R.copy("image/ln_post/bias", "visual.ln_post.bias"),
           R.copy("image_proj/kernel", "visual.proj"),  # pooled @ proj: [width, embed]

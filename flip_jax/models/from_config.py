@@ -17,20 +17,17 @@ from flip_jax.models import swin
 from flip_jax.models.encoders import Classifier, MaskedImageModel
 from flip_jax.models.image_tower import ImageTower
 from flip_jax.models.two_towers import TwoTowers
-from flip_jax.models.vit import VisionTransformer, parse_variant
+from flip_jax.models.vit import VisionTransformer, ViTDims, vit_dims
 
 MODEL_TYPES = ("two_towers", "image_tower", "masked_image", "classifier")
 ENCODERS = ("vit", "swinv2")
 NO_EOS_ID = -1  # config.model.text.eos_id: pool at the largest token id (OpenAI CLIP)
 
 
-def image_dims(config: ml_collections.ConfigDict) -> tuple[int, int, int, int, int]:
-  """(width, depth, heads, mlp_dim, patch) of the ViT, the variant's unless set explicitly."""
+def image_dims(config: ml_collections.ConfigDict) -> ViTDims:
+  """(width, depth, heads, mlp_dim, patch) of `config.model.image`'s ViT."""
   i = config.model.image
-  dims, patch = parse_variant(i.variant)
-  width, depth, heads, mlp_dim = (a or b for a, b in zip((i.width, i.depth, i.heads, i.mlp_dim),
-                                                         dims or (0, 0, 0, 0)))
-  return width, depth, heads, mlp_dim, patch
+  return vit_dims(i.variant, i.width, i.depth, i.heads, i.mlp_dim)
 
 
 def image_kwargs(config: ml_collections.ConfigDict) -> dict:

@@ -9,6 +9,7 @@ kept token keeps its position.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,23 @@ VARIANTS = {
 }
 POOLS = ("gap", "cls", "map", "none")
 POS_EMBS = ("sincos2d", "learned")
+
+
+class ViTDims(NamedTuple):
+  width: int
+  depth: int
+  heads: int
+  mlp_dim: int
+  patch: int
+
+
+def vit_dims(variant: str, width: int = 0, depth: int = 0, heads: int = 0,
+             mlp_dim: int = 0) -> ViTDims:
+  """The variant's dims with every non-zero argument taking precedence ('custom/<patch>'
+  takes them all from the arguments; a zero left means the variant is incomplete)."""
+  dims, patch = parse_variant(variant)
+  given = (width, depth, heads, mlp_dim)
+  return ViTDims(*(a or b for a, b in zip(given, dims or (0, 0, 0, 0))), patch)
 
 
 def parse_variant(variant: str) -> tuple[tuple[int, int, int, int] | None, int]:
@@ -73,9 +91,7 @@ class VisionTransformer(nnx.Module):
                remat: str = "none", mask_token: bool = False, ln_eps: float = 1e-6,
                patch_bias: bool = True, attn_impl: str | None = None,
                dtype=jnp.float32, rngs: nnx.Rngs):
-    dims, self.patch = parse_variant(variant)
-    if dims is not None:
-      width, depth, heads, mlp_dim = (a or b for a, b in zip((width, depth, heads, mlp_dim), dims))
+    width, depth, heads, mlp_dim, self.patch = vit_dims(variant, width, depth, heads, mlp_dim)
     if not all((width, depth, heads, mlp_dim)):
       raise ValueError("a 'custom' ViT needs width, depth, heads and mlp_dim")
     if pool not in POOLS:

@@ -27,7 +27,7 @@ def encoder_depths(config) -> tuple[int, ...]:
   if config.model.encoder == "swinv2":
     s = config.model.swin
     return swin.resolve_variant(s.variant, s.embed_dim, s.depths, s.heads)[1]
-  return (from_config.image_dims(config)[1],)
+  return (from_config.image_dims(config).depth,)
 
 
 LAYER_IDS = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 
@@ -37,5 +38,6 @@ def momentum(step, base: float, total_steps: int):
 
 
 def update(ema, params, m):
-  """m * ema + (1 - m) * params, leaf by leaf (trees of the same structure)."""
-  return jax.tree.map(lambda e, p: (m * e + (1.0 - m) * p).astype(e.dtype), ema, params)
+  """m * ema + (1 - m) * params, leaf by leaf (trees of the same structure), in ema's dtype."""
+  new = optax.incremental_update(params, ema, 1.0 - m)
+  return jax.tree.map(lambda n, e: n.astype(e.dtype), new, ema)

@@ -77,19 +77,19 @@ class Eva(Objective):
 
   @property
   def grid(self) -> int:
-    return self.config.image_size // from_config.image_dims(self.config)[4]
+    return self.config.image_size // from_config.image_dims(self.config).patch
 
   def teacher_grid(self) -> int:
     t = self.teacher_config
-    return t.image_size // from_config.image_dims(t)[4]
+    return t.image_size // from_config.image_dims(t).patch
 
   def teacher_size(self) -> int:
     """Pixels the teacher runs at: its own size, or the student's grid in its patches."""
-    return self.grid * from_config.image_dims(self.teacher_config)[4]
+    return self.grid * from_config.image_dims(self.teacher_config).patch
 
   def teacher_depth(self) -> int:
     """Blocks the teacher runs: the target layer (blocks after it are never built)."""
-    layer, depth = self.config.teacher.layer, from_config.image_dims(self.teacher_config)[1]
+    layer, depth = self.config.teacher.layer, from_config.image_dims(self.teacher_config).depth
     return depth + 1 + layer if layer < 0 else layer
 
   def teacher_kwargs(self) -> dict:
@@ -154,7 +154,7 @@ class Eva(Objective):
       return [f"config.teacher.path: {path} holds a {t.model.type!r} model, not a CLIP "
               f"image tower ({TEACHER_TYPES})"]
     try:
-      depth = from_config.image_dims(t)[1]
+      depth = from_config.image_dims(t).depth
     except ValueError as err:
       return [f"config.teacher.path: {path}: not a ViT teacher ({err})"]
     errors = []
@@ -163,7 +163,7 @@ class Eva(Objective):
       errors.append(f"config.teacher.layer: {layer} is not a block of the {depth}-block "
                     f"teacher (1..{depth} or -1..-{depth})")
     if self.teacher_grid() != self.grid and not self.config.teacher.resample:
-      patch = from_config.image_dims(t)[4]
+      patch = from_config.image_dims(t).patch
       errors.append(
           f"config.teacher.resample: the teacher's patch grid is {self.teacher_grid()}x"
           f"{self.teacher_grid()} ({t.image_size} px / patch {patch}), the student's "

@@ -68,7 +68,7 @@ class Extrema(Objective):
                     f"got {i.pool!r}")
     if 0.0 <= c.mask_ratio < 1.0:  # otherwise config_check reports config.mask_ratio
       try:
-        _, _, _, _, patch = from_config.image_dims(c)
+        patch = from_config.image_dims(c).patch
         masking.disjoint_kept((c.image_size // patch) ** 2, c.mask_ratio, e.num_masks)
       except ValueError as err:  # a bad variant is reported by config_check
         if "variant" not in str(err):

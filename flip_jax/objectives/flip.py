@@ -17,7 +17,6 @@ from jax.sharding import PartitionSpec as P
 
 from flip_jax import masking, sharding
 from flip_jax.models import from_config, layers
-from flip_jax.models.vit import parse_variant
 from flip_jax.objectives.base import Objective, register
 
 
@@ -126,9 +125,7 @@ class Flip(Objective):
   def flops_per_sample(self):
     """Forward+backward matmul FLOPs of both towers at the configured mask ratio."""
     c, m = self.config, self.config.model
-    dims, patch = parse_variant(m.image.variant)
-    w, d, _, mlp = (a or b for a, b in zip((m.image.width, m.image.depth, m.image.heads,
-                                            m.image.mlp_dim), dims or (0, 0, 0, 0)))
+    w, d, _, mlp, patch = from_config.image_dims(c)
     grid = (c.image_size // patch) ** 2
     kept = masking.num_kept(grid, c.mask_ratio) + int(m.image.cls_token)
     image = layers.transformer_flops(kept, w, d, mlp) + 2 * grid * patch * patch * 3 * w

@@ -53,7 +53,7 @@ def local_normalize(images, k: int):
 def model_patch(config) -> int:
   if config.model.encoder == "swinv2":
     return config.model.swin.patch
-  return from_config.image_dims(config)[4]
+  return from_config.image_dims(config).patch
 
 
 @register("simmim")

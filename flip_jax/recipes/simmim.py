@@ -42,6 +42,22 @@ def simmim_config() -> ml_collections.ConfigDict:
   return c
 
 
+def debug_encoder(c: ml_collections.ConfigDict, arg, *, drop_path: float = 0.0,
+                  mask_token: bool = False) -> None:
+  """The tiny encoders of the digits debug configs (32 px): arg 'vit' a ViT (patch 4),
+  otherwise ('swinv2', None or '') a two-stage SwinV2 (window 4)."""
+  if arg not in (None, "", "swinv2", "vit"):
+    raise ValueError(f"debug configs take 'swinv2' (default) or 'vit', got {arg!r}")
+  if arg == "vit":
+    c.model.encoder = "vit"
+    c.model.image.update(variant="custom/4", width=48, depth=2, heads=3, mlp_dim=96,
+                         pos_emb="sincos2d", mask_token=mask_token)
+  else:
+    c.model.encoder = "swinv2"
+    c.model.swin.update(variant="custom", embed_dim=24, depths=(2, 2), heads=(2, 4), window=4,
+                        drop_path=drop_path, mask_token=mask_token)
+
+
 def set_length(c: ml_collections.ConfigDict, samples: int) -> None:
   """Training length in samples, warmup 1/80 of it."""
   c.total_samples = int(samples)
