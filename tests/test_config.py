@@ -3,9 +3,10 @@ import glob
 import os
 
 import jax
+import ml_collections
 import pytest
 
-from flip_jax import config_check, train
+from flip_jax import config_base, config_check, train
 from helpers import ROOT, load_config, tiny_flip_config
 
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -18,6 +19,28 @@ def test_shipped_configs_validate(name):
   if c.objective == "eva":  # the teacher checkpoint is the user's: a random stand-in
     c.teacher.path = "random:clip_tiny" if name == "eva_debug" else "random:clip_l14"
   config_check.validate(c, num_devices=8 if c.batch_size % 8 == 0 else 1)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_has_every_key_of_config_base(name):
+  """One home for every key: a config has exactly base_config's keys (a recipe sets values,
+  never adds a section), so `--config.extrema.num_masks=8` is a valid override anywhere."""
+  def keys(c, prefix=""):
+    out = set()
+    for k, v in c.items():
+      if k == "evals":  # name -> evaluator: entries are the config's own
+        continue
+      out |= keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else {prefix + k}
+    return out
+  assert keys(load_config(name)) == keys(config_base.base_config())
+
+
+def test_a_method_section_can_be_overridden_on_another_methods_config():
+  c = load_config("flip_debug")
+  c.update_from_flattened_dict({"extrema.num_masks": 8, "teacher.layer": -2,
+                                "simmim.mask_patch": 16, "classify.layer_decay": 0.5})
+  assert (c.extrema.num_masks, c.teacher.layer, c.simmim.mask_patch) == (8, -2, 16)
+  config_check.validate(c, num_devices=1)  # FLIP reads none of them
 
 
 def test_flip_recipes():
