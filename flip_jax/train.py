@@ -310,7 +310,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
 
   with jax.set_mesh(mesh), _StopSignal() as stop:
     if mgr.latest_step() is not None:
-      console.say(f"resuming from step {mgr.latest_step()} in {mgr.directory}")
+      console.say(f"resuming from {mgr.directory} step {mgr.latest_step()}")
       state = checkpoint.restore(mgr, trainer.abstract_state(), data_iter)
     else:
       state = trainer.fresh_state()

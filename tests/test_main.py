@@ -24,12 +24,13 @@ def compile_cache(workdir) -> dict:
 
 
 def launch(workdir, log=subprocess.DEVNULL):
+  """flip_jax.main on flip_debug, its console (stdout) to `log`."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3",
              **compile_cache(workdir))
   return subprocess.Popen(
       [sys.executable, "-m", "flip_jax.main", f"--config={ROOT}/configs/flip_debug.py",
        f"--workdir={workdir}", *ARGS], env=env, cwd=ROOT,
-      stdout=subprocess.DEVNULL, stderr=log)
+      stdout=log, stderr=subprocess.DEVNULL)
 
 
 def resumed_from(log: str) -> list[int]:
@@ -97,7 +98,14 @@ def test_sigkill_during_an_async_save_restarts_from_the_newest_complete_checkpoi
   result = multihost.launch(SLOW_COMMIT, args=["none", *main_args(workdir)], num_processes=1,
                             env=compile_cache(workdir), initialize=False).wait(600)[0]
   assert result.returncode == 0, result.stderr[-3000:]
-  assert resumed_from(result.stderr) == [10]
+  assert resumed_from(result.stdout) == [10]  # the console line
+  console = result.stdout.splitlines()  # progress lines of steps 11..30, the summary last
+  assert [line.split()[1] for line in console if line.startswith("step ")] == [
+      f"{s}/30" for s in range(11, 31)]
+  summary = next(i for i, line in enumerate(console) if line.startswith("done: step 30/30 in "))
+  assert console[summary + 1].startswith("  final: ") and "loss" in console[summary + 1]
+  assert any(line.startswith("  best eval/zeroshot/top1: ") for line in console[summary:])
+  assert console[-1].startswith("  checkpoint: step 30 in ")
   assert steps_logged(workdir) == list(range(1, 31))  # nothing repeated, none skipped
   assert max(checkpoints(workdir)) == 30
   assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]  # the leftover was removed
