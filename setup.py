@@ -28,6 +28,7 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "pillow>=10",
+        "simplejpeg>=1.8",  # libjpeg-turbo JPEG decoding at reduced (DCT) scale
         "scikit-learn>=1.4",
         "matplotlib>=3.8,<4",  # the data-scaling study's plots (Agg backend, files only)
     ],
