@@ -131,16 +131,16 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
   return None if colorspace in ("CMYK", "YCCK") else (height, width)
 
 
-def decode_and_crop(data: bytes, size: int, draw_box, max_pixels: int | None = None):
-  """uint8 [size, size, 3]: the box `draw_box(height, width)` (called once, with the
-  full image's size) of an encoded image, resized (bicubic). A JPEG is decoded at the
-  smallest DCT scale that keeps the box at least `size` px wide and high; other formats,
-  and JPEGs that libjpeg-turbo's strict decoding refuses (Pillow then decodes them, or
-  raises its error for bad data), are decoded whole by `to_rgb`."""
+def decode_for_crop(data: bytes, size: int, draw_box, max_pixels: int | None = None):
+  """(uint8 RGB pixels, box in those pixels' coordinates): an encoded image and the box
+  `draw_box(height, width)` draws on its full size (called once). A JPEG is decoded at
+  the smallest DCT scale that keeps the box at least `size` px wide and high; other
+  formats, and JPEGs that libjpeg-turbo's strict decoding refuses (Pillow then decodes
+  them, or raises its error for bad data), are decoded whole by `to_rgb`."""
   header = _jpeg_size(data)
   if header is None:
     image = to_rgb(data, max_pixels)
-    return resize_box(image, draw_box(*image.shape[:2]), size)
+    return image, draw_box(*image.shape[:2])
   height, width = header
   if max_pixels and width * height > max_pixels:
     raise ImageTooLarge(f"{width}x{height} pixels exceed {max_pixels}")
@@ -152,9 +152,9 @@ def decode_and_crop(data: bytes, size: int, draw_box, max_pixels: int | None = N
         data, "rgb", min_height=min(height, math.ceil(size * height / (bottom - top))),
         min_width=min(width, math.ceil(size * width / (right - left))))
   except ValueError:
-    return resize_box(to_rgb(data, max_pixels), box, size)
+    return to_rgb(data, max_pixels), box
   sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
-  return resize_box(pixels, (left * sx, top * sy, right * sx, bottom * sy), size)
+  return pixels, (left * sx, top * sy, right * sx, bottom * sy)
 
 
 class RandomResizedCrop(grain.transforms.RandomMap):
@@ -171,8 +171,10 @@ class RandomResizedCrop(grain.transforms.RandomMap):
     def draw_box(height, width):
       return random_crop_box(height, width, self._area_range, self._ratio_range, rng)
     if isinstance(image, (bytes, np.bytes_)):
-      return decode_and_crop(bytes(image), self._size, draw_box, max_pixels)
-    return resize_box(image, draw_box(*image.shape[:2]), self._size)
+      image, box = decode_for_crop(bytes(image), self._size, draw_box, max_pixels)
+    else:
+      box = draw_box(*image.shape[:2])
+    return resize_box(image, box, self._size)
 
   def random_map(self, record, rng: np.random.Generator):
     return {**record, "image": self.crop(record["image"], rng)}
