@@ -153,8 +153,17 @@ def decode_for_crop(data: bytes, size: int, draw_box, max_pixels: int | None = N
         min_width=min(width, math.ceil(size * width / (right - left))))
   except ValueError:
     return to_rgb(data, max_pixels), box
-  sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
-  return pixels, (left * sx, top * sy, right * sx, bottom * sy)
+  scale = _dct_scale(pixels.shape[:2], height, width)
+  return pixels, (left * scale, top * scale, right * scale, bottom * scale)
+
+
+def _dct_scale(shape, height: int, width: int) -> float:
+  """The n/8 that libjpeg-turbo scaled by: its output sides are ceil(side * n / 8), so
+  shape / side is slightly off n/8 (and the crop box would drift by up to a pixel)."""
+  for n in range(1, 9):
+    if shape == (-(-height * n // 8), -(-width * n // 8)):
+      return n / 8
+  raise ValueError(f"decoded {shape} is no n/8 scale of {height}x{width}")
 
 
 class RandomResizedCrop(grain.transforms.RandomMap):
