@@ -217,7 +217,8 @@ def test_an_open_shard_reader_exits_without_a_traceback(shards):
       f"c = make_config(source='wds', data_dir={str(shards[0])!r}, shuffle_buffer=3)\n"
       "c.batch_size = 2\n"
       "tok = tokenizer.TextTokenizer(tokenizer.build_digits_wordpiece(), c.text_len)\n"
-      "print(next(pipeline.build_train(c, tok))['image'].shape)\n")
+      "batches = pipeline.build_train(c, tok)  # alive until the interpreter exits\n"
+      "print(next(batches)['image'].shape)\n")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                         text=True, timeout=300,
                         env=dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT}/tests",
