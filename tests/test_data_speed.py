@@ -175,6 +175,12 @@ def test_odd_jpegs_and_other_formats_take_pillows_path():
     transforms.decode_for_crop(_jpeg(), 16, lambda h, w: (0, 0, w, h), max_pixels=1000)
 
 
+def test_flip_left_right():
+  image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.flip_left_right(image), image[:, ::-1])
+  assert transforms.flip_left_right(image).flags.c_contiguous
+
+
 def test_normalize_matches_the_formula():
   images = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
   mean, std = (0.48, 0.45, 0.41), (0.27, 0.26, 0.28)

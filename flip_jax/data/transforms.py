@@ -189,12 +189,20 @@ class RandomResizedCrop(grain.transforms.RandomMap):
     return {**record, "image": self.crop(record["image"], rng)}
 
 
+def flip_left_right(image: np.ndarray) -> np.ndarray:
+  """A contiguous mirror image of [H, W, C]: pixels are copied as C-byte units (numpy's
+  copy loop over a reversed W x C view runs C elements at a time, 2x slower)."""
+  pixel = np.dtype((np.void, image.shape[-1] * image.itemsize))
+  rows = np.ascontiguousarray(image).view(pixel)[:, ::-1]
+  return np.ascontiguousarray(rows).view(image.dtype).reshape(image.shape)
+
+
 class RandomFlip(grain.transforms.RandomMap):
   """Horizontal flip with probability 1/2."""
 
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() < 0.5:
-      return {**record, "image": np.ascontiguousarray(record["image"][:, ::-1])}
+      return {**record, "image": flip_left_right(record["image"])}
     return record
 
 
