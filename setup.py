@@ -30,6 +30,8 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "pillow>=10",
+        "simplejpeg>=1.8",
+        "psutil>=5.9",  # the data benchmark's CPU time of grain worker processes  # libjpeg-turbo JPEG decoding at reduced (DCT) scale
         "scikit-learn>=1.4",
         "matplotlib>=3.8,<4",  # the data-scaling study's plots (Agg backend, files only)
     ],

@@ -54,7 +54,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flip_jax import config_check, hardware, hlo_stats, sharding, train  # noqa: E402
+from flip_jax import config_check, hardware, hlo_stats, input_rate, sharding, train  # noqa: E402
 
 GIB = hardware.GIB
 # Generations whose two TensorCores per chip run as one "megacore" JAX device (as on a
@@ -281,7 +281,8 @@ COLUMNS = [("mask", "mask_ratio", "{:.2f}"), ("mesh d/f/t", "mesh", None),
            ("fits", "fits", "{}"), ("TFLOP/dev", "flops_per_device", "tera"),
            ("coll GB/dev", "collective_traffic_per_device", "giga"),
            ("step s", "predicted_step_s", "{:.3f}"), ("MFU", "predicted_mfu", "{:.3f}"),
-           ("img/s", "predicted_images_per_s", "{:.0f}")]
+           ("img/s", "predicted_images_per_s", "{:.0f}"),
+           ("data bound", "data_bound", "{}")]
 
 
 def table_row(row: dict) -> str:
@@ -332,7 +333,16 @@ def define_flags() -> dict:
                                    "(default: powers of two dividing data x fsdp)"),
       per_device_batches=flags.DEFINE_list("per_device_batches", [], "--search: per-device "
                                            "batches to try (default: half, once, twice the "
-                                           "config's)"))
+                                           "config's)"),
+      host_cores=flags.DEFINE_integer("host_cores", 0, "vCPUs per host for the data-bound "
+                                      "check (default: the generation's, see "
+                                      "flip_jax/input_rate.py)"),
+      data_images_per_core=flags.DEFINE_float("data_images_per_core", 0.0, "input "
+                                              "pipeline images per CPU-second: adds the "
+                                              "data-bound columns"),
+      data_benchmark=flags.DEFINE_string("data_benchmark", "", "JSON lines of "
+                                         "flip_jax.data.benchmark --out: the per-core "
+                                         "rate from them"))
   flags.mark_flags_as_required(["config", "topology"])
   return out
 
@@ -344,6 +354,10 @@ def main(argv, flags: dict):
     devices = topology_devices(topology)
   except ValueError as err:
     sys.exit(f"flip_jax.plan: {err}")
+  try:
+    data_bound = _data_bound_columns(flags, config, devices)
+  except (OSError, ValueError) as err:
+    sys.exit(f"flip_jax.plan: {err}")
   print(table_header(), flush=True)
   try:
     for ratio in flags["mask_ratios"].value or [None]:
@@ -353,16 +367,34 @@ def main(argv, flags: dict):
       if flags["search"].value:
         best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
                       [int(x) for x in flags["per_device_batches"].value],
-                      report=lambda row: print(table_row(row), flush=True))
+                      report=lambda row: print(table_row(data_bound(row)), flush=True))
         print("fastest that fits: " + (table_row(best) if best else "none"), flush=True)
         if best:
           print(to_json(dict(best, search_best=True)), flush=True)
       else:
-        row = plan(c, topology, devices)
+        row = data_bound(plan(c, topology, devices))
         jax.clear_caches()  # as in `search`
         print(table_row(row) + "\n" + to_json(row), flush=True)  # each plan as it is done
   except config_check.ConfigError as err:
     sys.exit(f"flip_jax.plan: {err}")
+
+
+def _data_bound_columns(flags: dict, config, devices):
+  """A function adding `input_rate.fields` to a row, when an input rate is given."""
+  rate = flags["data_images_per_core"].value
+  if flags["data_benchmark"].value:
+    rate = input_rate.rate_from_benchmark(flags["data_benchmark"].value, config.image_size)
+  host_cores = flags["host_cores"].value or input_rate.host_vcpus(devices[0].device_kind)
+  if rate and not host_cores:
+    raise ValueError(f"no host vCPU count known for {devices[0].device_kind!r}: pass "
+                     "--host_cores")
+  hosts = len({d.process_index for d in devices})
+
+  def add(row: dict) -> dict:
+    if rate:
+      row.update(input_rate.fields(row, hosts, rate, host_cores))
+    return row
+  return add
 
 
 if __name__ == "__main__":

@@ -22,20 +22,24 @@ def _host_seed(seed: int, process_index: int) -> int:
   return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
-def crop_and_flip(records, config):
-  """RandomResizedCrop (config.data.rrc_area / rrc_ratio) and the optional flip."""
-  records = records.random_map(transforms.RandomResizedCrop(
-      config.image_size, config.data.rrc_area, config.data.rrc_ratio))
-  if config.data.flip:
-    records = records.random_map(transforms.RandomFlip())
-  return records
+def random_crop(config) -> transforms.RandomResizedCrop:
+  """Every training format's first augmentation (config.data.rrc_area / rrc_ratio); the
+  pipeline fuses it with decoding (see data/quality.py)."""
+  return transforms.RandomResizedCrop(config.image_size, config.data.rrc_area,
+                                      config.data.rrc_ratio)
+
+
+def flip(records, config):
+  """The optional horizontal flip."""
+  return records.random_map(transforms.RandomFlip()) if config.data.flip else records
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchFormat:
   """How decoded records become batches of one kind.
 
-  augment(records, config) -> records: the random training views;
+  augment(records, config) -> records: the random training views of records already
+  decoded and cropped (`random_crop`);
   view(records, config) -> records: the deterministic evaluation view (validation loss);
   finish(config, tokenizer) -> a grain Map applied to each batch (normalise, tokenise).
   """
@@ -53,7 +57,7 @@ def two_views(records, config):
   """One shared crop and flip, then independent colour jitter and grayscale per view
   (ExtreMA's spatially consistent colour augmentation)."""
   d = config.data
-  records = crop_and_flip(records.map(transforms.Select(("image",))), config)
+  records = flip(records.map(transforms.Select(("image",))), config)
   records = records.map(transforms.CopyField("image", "image2"))
   for key in ("image", "image2"):
     records = records.random_map(
@@ -65,18 +69,18 @@ def two_views(records, config):
 FORMATS: dict[str, BatchFormat] = {
     # {'image': float32 [b, S, S, 3], 'text': int32 [b, text_len]} (CLIP/FLIP)
     "image_text": BatchFormat(
-        augment=lambda r, c: crop_and_flip(r.random_map(transforms.PickCaption()), c),
+        augment=lambda r, c: flip(r.random_map(transforms.PickCaption()), c),
         view=lambda r, c: _center(r.map(transforms.FirstCaption()), c),
         finish=lambda c, tok: transforms.NormalizeAndTokenize(tok, c.data.mean, c.data.std),
         needs_tokenizer=True),
     # {'image': float32 [b, S, S, 3]} (masked image modeling)
     "image": BatchFormat(
-        augment=lambda r, c: crop_and_flip(r.map(transforms.Select(("image",))), c),
+        augment=lambda r, c: flip(r.map(transforms.Select(("image",))), c),
         view=lambda r, c: _center(r.map(transforms.Select(("image",))), c),
         finish=lambda c, tok: transforms.NormalizeImages(c.data.mean, c.data.std)),
     # {'image': float32 [b, S, S, 3], 'label': int32 [b]} (supervised fine-tuning)
     "image_label": BatchFormat(
-        augment=lambda r, c: crop_and_flip(r.map(transforms.Select(("image", "label"))), c),
+        augment=lambda r, c: flip(r.map(transforms.Select(("image", "label"))), c),
         view=lambda r, c: _center(r.map(transforms.Select(("image", "label"))), c),
         finish=lambda c, tok: transforms.NormalizeImages(c.data.mean, c.data.std)),
     # {'image', 'image2': float32 [b, S, S, 3]}: two views of one crop (ExtreMA); the
@@ -90,10 +94,11 @@ FORMATS: dict[str, BatchFormat] = {
 
 
 def _augment(records, config):
-  """Decoded, augmented training records; broken ones are skipped and counted (see
-  data/quality.py: for a MapDataset, by the SkipAndCount that build_train adds)."""
+  """Decoded, cropped, augmented training records; broken ones are skipped and counted
+  (see data/quality.py: for a MapDataset, by the SkipAndCount that build_train adds)."""
   augment = FORMATS[config.data.format].augment
-  return quality.decode_and_augment(records, lambda r: augment(r, config),
+  return quality.decode_and_augment(records, random_crop(config),
+                                    lambda r: augment(r, config),
                                     config.data.max_image_pixels)
 
 

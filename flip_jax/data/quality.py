@@ -49,12 +49,10 @@ def tombstone(reason: str, key: str) -> dict:
   return {"skipped": reason, "key": key}
 
 
-def _decode_problem(data: bytes, max_pixels: int) -> tuple[str | None, np.ndarray | None]:
-  """(reason, None) for a broken encoded image, else (None, uint8 RGB)."""
-  if len(data) == 0:
-    return "empty_file", None
+def _problem(decode) -> tuple[str | None, np.ndarray | None]:
+  """(reason, None) when `decode()` finds a broken encoded image, else (None, its uint8)."""
   try:
-    return None, transforms.to_rgb(data, max_pixels)
+    return None, decode()
   except (transforms.ImageTooLarge, Image.DecompressionBombError):
     return "too_large", None
   except Image.UnidentifiedImageError:
@@ -63,26 +61,30 @@ def _decode_problem(data: bytes, max_pixels: int) -> tuple[str | None, np.ndarra
     return "decode_error", None
 
 
-class DecodeOrSkip(grain.transforms.Map):
-  """`transforms.DecodeImage` for training streams: an encoded image that cannot be
-  decoded becomes a tombstone; tombstones pass through. Arrays (decoded by the source)
-  are converted as DecodeImage does; an error there is a bug and raises."""
+class DecodeCropOrSkip(grain.transforms.RandomMap):
+  """Decoding fused with the training crop (`transforms.RandomResizedCrop`, which decodes
+  a JPEG at the scale the crop needs): an encoded image that cannot be decoded becomes a
+  tombstone; tombstones pass through. Arrays (decoded by the source) are converted as
+  `transforms.to_rgb` does and cropped; an error there is a bug and raises."""
 
-  def __init__(self, max_pixels: int):
+  def __init__(self, crop: transforms.RandomResizedCrop, max_pixels: int):
+    self._crop = crop
     self._max_pixels = max_pixels
 
-  def map(self, record):
+  def random_map(self, record, rng: np.random.Generator):
     if "skipped" in record:
       return record
     image = record["image"]
     if isinstance(image, (bytes, np.bytes_)):
-      reason, rgb = _decode_problem(bytes(image), self._max_pixels)
+      data = bytes(image)
+      reason, pixels = ("empty_file", None) if not data else _problem(
+          lambda: self._crop.crop(data, rng, self._max_pixels))
       if reason:
         return tombstone(reason, str(record.get("key", "")))
     else:
-      rgb = transforms.to_rgb(image)
+      pixels = self._crop.crop(transforms.to_rgb(image), rng)
     out = {k: v for k, v in record.items() if k != "key"}
-    out["image"] = rgb
+    out["image"] = pixels
     return out
 
 
@@ -158,11 +160,13 @@ def _usable(record) -> bool:
   return "skipped" not in record
 
 
-def decode_and_augment(records, augment, max_pixels: int):
-  """Decoded, augmented records with broken ones as tombstones, for either dataset kind:
-  an IterDataset stream comes back with tombstones already counted and dropped; a
-  MapDataset comes back with tombstones in place (count them after `to_iter_dataset`)."""
-  decoded = records.map(DecodeOrSkip(max_pixels))
+def decode_and_augment(records, crop: transforms.RandomResizedCrop, augment,
+                       max_pixels: int):
+  """Decoded, cropped and augmented records with broken ones as tombstones, for either
+  dataset kind: an IterDataset stream comes back with tombstones already counted and
+  dropped; a MapDataset comes back with tombstones in place (count them after
+  `to_iter_dataset`)."""
+  decoded = records.random_map(DecodeCropOrSkip(crop, max_pixels))
   if isinstance(decoded, grain.MapDataset):
     usable = decoded.filter(_usable)
     return _SkipReasonForDropped(augment(usable), decoded)

@@ -54,8 +54,14 @@ def _first_token_id(tokenizer: tokenizers.Tokenizer, candidates) -> int:
 
 
 def build_digits_wordpiece() -> tokenizers.Tokenizer:
-  """A lower-case BERT-style WordPiece tokenizer whose vocab is learned from
-  `digits.all_texts()`: every corpus word whole, plus its characters as fallback pieces.
+  """`build_wordpiece` of `digits.all_texts()`."""
+  return build_wordpiece(digits.all_texts())
+
+
+def build_wordpiece(texts) -> tokenizers.Tokenizer:
+  """A lower-case BERT-style WordPiece tokenizer (bert-base-uncased's normaliser,
+  pre-tokeniser, [CLS] ... [SEP] template and decoder) whose vocab is learned from
+  `texts`: every corpus word whole, plus its characters as fallback pieces.
 
   This is the vocab `tokenizers.trainers.WordPieceTrainer` converges to when the vocab
   size is not binding, minus the intermediate sub-words, which that trainer picks by
@@ -64,7 +70,7 @@ def build_digits_wordpiece() -> tokenizers.Tokenizer:
   """
   normalizer = normalizers.BertNormalizer(lowercase=True)
   pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  words = sorted({word for text in digits.all_texts()
+  words = sorted({word for text in texts
                   for word, _ in pre_tokenizer.pre_tokenize_str(
                       normalizer.normalize_str(text))})
   chars = sorted({char for word in words for char in word})
@@ -101,6 +107,20 @@ def _load_from_hub(name: str) -> tokenizers.Tokenizer:
   # transformers is slow to import and only this path (machines with internet) needs it.
   import transformers  # pylint: disable=g-import-not-at-top
   return transformers.AutoTokenizer.from_pretrained(name).backend_tokenizer
+
+
+def local_file(spec: str) -> str | None:
+  """The tokenizer.json that `spec` names, if it is here without a download: the file, a
+  directory holding one, or the Hugging Face cache's copy of a hub tokenizer."""
+  path = epath.Path(spec)
+  if path.exists():
+    return str(path / "tokenizer.json" if path.is_dir() else path)
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  try:
+    cached = huggingface_hub.try_to_load_from_cache(spec, "tokenizer.json")
+  except ValueError:  # not a hub name
+    return None
+  return cached if isinstance(cached, str) else None
 
 
 def get_tokenizer(config, workdir) -> TextTokenizer:

@@ -1,6 +1,13 @@
 """Per-sample and per-batch grain transforms: decode, caption choice, RandomResizedCrop,
 flip, colour jitter and grayscale, resize for evaluation, normalisation and tokenisation.
 
+RandomResizedCrop also takes encoded images: a JPEG is then decoded by libjpeg-turbo
+(simplejpeg) at the smallest of its DCT scales (n/8) that still leaves the crop at least
+the output size on each side, and the crop is resized (bicubic) in one step. The box is
+drawn on the full image's size with the same random draws as for an array, so the crop
+distribution is the recipe's; only the resampling differs (the DCT's scaling first, where
+the crop is at least twice the output size), by a few grey levels.
+
 Random transforms are `grain.transforms.RandomMap`s: grain hands each record an rng derived
 from the pipeline seed and the record's position, so augmentation is reproducible and a
 restored iterator re-draws exactly the same crops.
@@ -10,6 +17,7 @@ import math
 
 import grain
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageEnhance
 
 
@@ -106,20 +114,87 @@ def random_crop_box(height: int, width: int, area_range, ratio_range,
   return left, top, left + w, top + h
 
 
+def resize_box(image: np.ndarray, box, size: int) -> np.ndarray:
+  """The (left, top, right, bottom) box of a uint8 image resized (bicubic) to size x size;
+  box coordinates may be fractional."""
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box))
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+  """(height, width) of a JPEG that libjpeg-turbo decodes to RGB at reduced scale; None
+  for anything else (PNG, WebP, CMYK/YCCK JPEGs, bytes that are no image), which Pillow
+  decodes."""
+  try:
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:
+    return None
+  return None if colorspace in ("CMYK", "YCCK") else (height, width)
+
+
+def decode_for_crop(data: bytes, size: int, draw_box, max_pixels: int | None = None):
+  """(uint8 RGB pixels, box in those pixels' coordinates): an encoded image and the box
+  `draw_box(height, width)` draws on its full size (called once). A JPEG is decoded at
+  the smallest DCT scale that keeps the box at least `size` px wide and high; other
+  formats, and JPEGs that libjpeg-turbo's strict decoding refuses (Pillow then decodes
+  them, or raises its error for bad data), are decoded whole by `to_rgb`."""
+  header = _jpeg_size(data)
+  if header is None:
+    image = to_rgb(data, max_pixels)
+    return image, draw_box(*image.shape[:2])
+  height, width = header
+  if max_pixels and width * height > max_pixels:
+    raise ImageTooLarge(f"{width}x{height} pixels exceed {max_pixels}")
+  if width * height > 2 * (Image.MAX_IMAGE_PIXELS or math.inf):  # as Pillow refuses
+    raise Image.DecompressionBombError(f"{width}x{height} pixels")
+  left, top, right, bottom = box = draw_box(height, width)
+  try:
+    pixels = simplejpeg.decode_jpeg(
+        data, "rgb", min_height=min(height, math.ceil(size * height / (bottom - top))),
+        min_width=min(width, math.ceil(size * width / (right - left))))
+  except ValueError:
+    return to_rgb(data, max_pixels), box
+  scale = _dct_scale(pixels.shape[:2], height, width)
+  return pixels, (left * scale, top * scale, right * scale, bottom * scale)
+
+
+def _dct_scale(shape, height: int, width: int) -> float:
+  """The n/8 that libjpeg-turbo scaled by: its output sides are ceil(side * n / 8), so
+  shape / side is slightly off n/8 (and the crop box would drift by up to a pixel)."""
+  for n in range(1, 9):
+    if shape == (-(-height * n // 8), -(-width * n // 8)):
+      return n / 8
+  raise ValueError(f"decoded {shape} is no n/8 scale of {height}x{width}")
+
+
 class RandomResizedCrop(grain.transforms.RandomMap):
-  """Random area/aspect crop resized (bicubic) to size x size, as in FLIP's recipe."""
+  """Random area/aspect crop resized (bicubic) to size x size, as in FLIP's recipe, of a
+  uint8 image or an encoded one (decoded here, at reduced scale where it can be: see the
+  module doc)."""
 
   def __init__(self, size: int, area_range, ratio_range):
     self._size = size
     self._area_range = tuple(area_range)
     self._ratio_range = tuple(ratio_range)
 
+  def crop(self, image, rng: np.random.Generator, max_pixels: int | None = None):
+    def draw_box(height, width):
+      return random_crop_box(height, width, self._area_range, self._ratio_range, rng)
+    if isinstance(image, (bytes, np.bytes_)):
+      image, box = decode_for_crop(bytes(image), self._size, draw_box, max_pixels)
+    else:
+      box = draw_box(*image.shape[:2])
+    return resize_box(image, box, self._size)
+
   def random_map(self, record, rng: np.random.Generator):
-    image = record["image"]
-    box = random_crop_box(image.shape[0], image.shape[1], self._area_range,
-                          self._ratio_range, rng)
-    crop = Image.fromarray(image).resize((self._size, self._size), Image.BICUBIC, box=box)
-    return {**record, "image": np.asarray(crop)}
+    return {**record, "image": self.crop(record["image"], rng)}
+
+
+def flip_left_right(image: np.ndarray) -> np.ndarray:
+  """A contiguous mirror image of [H, W, C]: pixels are copied as C-byte units (numpy's
+  copy loop over a reversed W x C view runs C elements at a time, 2x slower)."""
+  pixel = np.dtype((np.void, image.shape[-1] * image.itemsize))
+  rows = np.ascontiguousarray(image).view(pixel)[:, ::-1]
+  return np.ascontiguousarray(rows).view(image.dtype).reshape(image.shape)
 
 
 class RandomFlip(grain.transforms.RandomMap):
@@ -127,7 +202,7 @@ class RandomFlip(grain.transforms.RandomMap):
 
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() < 0.5:
-      return {**record, "image": np.ascontiguousarray(record["image"][:, ::-1])}
+      return {**record, "image": flip_left_right(record["image"])}
     return record
 
 
@@ -153,10 +228,22 @@ class CenterCrop(grain.transforms.Map):
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 0..255 -> float32 (x / 255 - mean) / std, channels last."""
+  """uint8 0..255 -> float32 (x / 255 - mean) / std, channels last.
+
+  As x * scale + offset over rows of width * channels values: numpy's inner loop then
+  runs over a whole row rather than 3 broadcast channels (10x faster per batch)."""
+  images = np.asarray(images)
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
-  return (images.astype(np.float32) / 255.0 - mean) / std
+  if mean.size not in (1, images.shape[-1]) or std.size not in (1, images.shape[-1]):
+    raise ValueError(f"mean {mean} / std {std} do not match {images.shape[-1]} channels")
+  row = images.shape[-2] * images.shape[-1] if images.ndim >= 2 else images.shape[-1]
+  scale = np.resize(1.0 / (255.0 * std), row).astype(np.float32)
+  offset = np.resize(-mean / std, row).astype(np.float32)
+  out = images.reshape(-1, row).astype(np.float32)
+  out *= scale
+  out += offset
+  return out.reshape(images.shape)
 
 
 class NormalizeImages(grain.transforms.Map):

@@ -9,6 +9,7 @@ Broken samples (a member without its pair, a caption that is empty or not UTF-8)
 shards that cannot be read come out as tombstones (see data/quality.py), to be counted
 and dropped downstream; `read_samples` gives the complete samples only.
 """
+import contextlib
 import re
 import tarfile
 import zlib
@@ -82,27 +83,73 @@ def _sample(key: str, members: dict[str, bytes]) -> dict:
   return {"image": members[image_ext], "text": text, "key": key}
 
 
+# What a tar shard that cannot be opened or breaks off raises.
+_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error)
+
+
+def _next_file(tar: tarfile.TarFile):
+  """(name, bytes) of the tar's next file member; None at the end."""
+  while (member := tar.next()) is not None:
+    if member.isfile():
+      return member.name, tar.extractfile(member).read()
+  return None
+
+
+def _file_members(shard: str):
+  """(name, bytes) of each file member of a tar shard, in file order; if the shard cannot
+  be opened or breaks off, an 'unreadable_shard' tombstone (a dict) last.
+
+  No `yield` inside a try block: a generator left suspended is closed at interpreter
+  exit, when this module's globals (`tarfile`, ...) may already be gone, and an `except`
+  clause naming them would raise then ("Exception ignored in: <generator ...>")."""
+  try:
+    file = epath.Path(shard).open("rb")
+  except _READ_ERRORS as err:
+    file, failure = None, _read_failed(shard, err)
+  if file is None:
+    yield failure
+    return
+  with file:  # a tar streaming from `file` needs nothing else closed
+    try:
+      tar, failure = tarfile.open(fileobj=file, mode="r|*"), None
+    except _READ_ERRORS as err:
+      failure = _read_failed(shard, err)
+    while failure is None:
+      try:
+        member = _next_file(tar)
+      except _READ_ERRORS as err:
+        failure = _read_failed(shard, err)
+        break
+      if member is None:
+        return
+      yield member
+  yield failure
+
+
+def _read_failed(shard: str, err: Exception) -> dict:
+  logging.warning("skipping (the rest of) tar shard %s: %r", shard, err)
+  return quality.tombstone("unreadable_shard", shard)
+
+
 def read_shard(shard: str):
   """Yields one record per sample key of a tar shard, in file order (members of one sample
   are adjacent, as img2dataset writes them): the sample or its tombstone. A shard that
-  cannot be opened, or breaks off, ends with an 'unreadable_shard' tombstone."""
-  try:
-    with epath.Path(shard).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-      key, members = None, {}
-      for member in tar:
-        if not member.isfile():
-          continue
-        member_key, extension = _split_name(member.name)
-        if member_key != key:
-          if key is not None:
-            yield _sample(key, members)
-          key, members = member_key, {}
-        members[extension] = tar.extractfile(member).read()
+  cannot be opened, or breaks off, ends with an 'unreadable_shard' tombstone (the
+  sample being read is lost with the rest of the shard)."""
+  key, members = None, {}
+  for member in _file_members(shard):
+    if isinstance(member, dict):  # the reader failed
+      yield member
+      return
+    name, data = member
+    member_key, extension = _split_name(name)
+    if member_key != key:
       if key is not None:
         yield _sample(key, members)
-  except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
-    logging.warning("skipping (the rest of) tar shard %s: %r", shard, err)
-    yield quality.tombstone("unreadable_shard", shard)
+      key, members = member_key, {}
+    members[extension] = data
+  if key is not None:
+    yield _sample(key, members)
 
 
 def read_samples(shard: str):
