@@ -2,6 +2,8 @@
 
 Any config key can be overridden: --config.mask_ratio=0.75 --config.batch_size=4096.
 Running the same command again resumes from the newest complete checkpoint in DIR.
+On several processes, one that dies makes the others exit non-zero (see
+flip_jax/distributed.py); restarting all of them with the same command resumes.
 """
 import os
 import sys
@@ -21,13 +23,18 @@ def main(argv):
   del argv
   import jax
   from flip_jax import config_check, distributed, train
-  distributed.initialize(_CONFIG.value)
-  logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
-               jax.process_count())
   try:
+    distributed.initialize(_CONFIG.value)
+    logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+                 jax.process_count())
     train.run(_CONFIG.value, _WORKDIR.value)
   except (config_check.ConfigError, train.NonFiniteError) as err:
+    distributed.leave()  # every process stops here alike
     sys.exit(f"flip_jax: {err}")
+  except Exception:
+    distributed.exit_after_error()  # on several processes: exits (naming a lost peer)
+    raise
+  distributed.leave()
 
 
 if __name__ == "__main__":
