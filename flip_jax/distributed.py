@@ -32,6 +32,7 @@ from absl import logging
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: nothing is wrong with this process, restart the job
 _KEY_PREFIX = "flip_jax/alive/"
 _watch: _PeerWatch | None = None
+_exit_lock = threading.Lock()
 
 
 def _settings(config) -> dict:
@@ -76,6 +77,22 @@ def leave() -> None:
     _watch = None
 
 
+def run(fn, *, alike: tuple[type[BaseException], ...] = ()):
+  """`fn()` as one process of the run: errors of the `alike` types (every process raises
+  them at the same point, e.g. a bad config) and a normal end leave together with the
+  others; any other error goes to `exit_after_error`."""
+  try:
+    result = fn()
+  except alike:
+    leave()
+    raise
+  except Exception:
+    exit_after_error()
+    raise
+  leave()
+  return result
+
+
 def exit_after_error() -> None:
   """Call from an `except` block. On one process: returns (re-raise). On several: the error
   may stem from a lost peer (a failed collective or barrier), so the peer watch gets the
@@ -100,6 +117,7 @@ def _start_watch(heartbeat_timeout_s: int) -> None:
 
 
 def _exit(status: int, message: str) -> None:
+  _exit_lock.acquire()  # the first caller exits; a second (watch vs. main thread) waits for it
   logging.error("%s", message)
   logging.flush()
   sys.stdout.flush()

@@ -23,18 +23,14 @@ def main(argv):
   del argv
   import jax
   from flip_jax import config_check, distributed, train
+  alike = (config_check.ConfigError, train.NonFiniteError)  # every process stops alike
   try:
     distributed.initialize(_CONFIG.value)
     logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
-    train.run(_CONFIG.value, _WORKDIR.value)
-  except (config_check.ConfigError, train.NonFiniteError) as err:
-    distributed.leave()  # every process stops here alike
+    distributed.run(lambda: train.run(_CONFIG.value, _WORKDIR.value), alike=alike)
+  except alike as err:
     sys.exit(f"flip_jax: {err}")
-  except Exception:
-    distributed.exit_after_error()  # on several processes: exits (naming a lost peer)
-    raise
-  distributed.leave()
 
 
 if __name__ == "__main__":
