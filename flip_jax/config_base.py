@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
       process_id=-1,            # -1 = env JAX_PROCESS_ID
       # Seconds. A process that sends JAX's coordination service no heartbeat for this long
       # is dead and every other process is terminated; flip_jax's peer watch already stops
-      # the others, naming the lost process, after half of it. Long enough to ride out a
+      # the others, naming the lost process, after a quarter of it. Long enough to ride out a
       # host's stall (swapping, a long GC, a slow filesystem), short enough not to idle a pod.
       heartbeat_timeout_s=100,
       initialization_timeout_s=300,  # how long processes wait for each other at start-up

@@ -13,7 +13,7 @@ or in a checkpoint barrier. Two things make every survivor exit non-zero, prompt
   heartbeat for `config.distributed.heartbeat_timeout_s` and then terminates every other
   process (a fatal log, SIGABRT); if process 0 itself dies, the others terminate at once.
 - A peer watch (`_PeerWatch`, a thread of each process) sees the lost process first, after
-  half that time, and exits with status `EXIT_PEER_LOST` and a last log line that names it:
+  a quarter of that time, and exits with status `EXIT_PEER_LOST` and a last log line that names it:
   `flip_jax: process 0 of 2 lost process 1: ...`.
 Orbax commits a checkpoint step only once every process finished writing its part, so a
 death mid-save leaves the previous step the newest; the next start deletes the partial one.
@@ -21,6 +21,7 @@ Restarting every process with the same command resumes from there.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -64,6 +65,12 @@ def initialize(config) -> bool:
                                shutdown_timeout_seconds=d.shutdown_timeout_s)
     if jax.process_count() > 1:
       _start_watch(d.heartbeat_timeout_s)
+      # A first collective while every process is here (initialize waited for them all).
+      # On CPU it sets up gloo's connections, which give a late process only 30 s; later
+      # collectives wait for as long as it takes (a restart where one process compiles
+      # while the other reads the persistent compilation cache is >30 s apart).
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("flip_jax: all processes started")
     return True
   return False
 
@@ -112,8 +119,11 @@ def _start_watch(heartbeat_timeout_s: int) -> None:
   from jax._src import distributed as jax_distributed
   client = jax_distributed.global_state.client  # the one Orbax's barriers use too
   _watch = _PeerWatch(client, jax.process_index(), jax.process_count(),
-                      lost_after=heartbeat_timeout_s / 2)
+                      lost_after=heartbeat_timeout_s / 4)
   _watch.start()
+  # A program that ends without `run`/`leave` (all processes exit alike) stops the watch
+  # before JAX's own exit hook shuts the coordination service down (hooks run last-first).
+  atexit.register(leave)
 
 
 def _exit(status: int, message: str) -> None:
@@ -128,8 +138,9 @@ def _exit(status: int, message: str) -> None:
 class _PeerWatch(threading.Thread):
   """Every `interval` s each process bumps its counter in the coordination service's
   key-value store and reads everyone's; a peer whose counter stood still for `lost_after`
-  s is lost. That is half JAX's heartbeat timeout, so this process exits (naming the peer)
-  before the coordination service terminates it. A failing key-value call means process 0,
+  s is lost. That is a quarter of JAX's heartbeat timeout: the service may declare a process
+  dead as early as half its timeout after the death (heartbeats go out every half timeout),
+  and this process must exit, naming the peer, before the service terminates it. A failing key-value call means process 0,
   which hosts the service, is gone."""
 
   def __init__(self, client, process: int, count: int, *, lost_after: float):
@@ -170,7 +181,7 @@ class _PeerWatch(threading.Thread):
       if lost:
         ages = ", ".join(f"{now - seen[p][1]:.0f} s" for p in lost)
         self._lost(lost, f"no sign of life for {ages} (config.distributed.heartbeat_timeout_s"
-                         f"={2 * self.lost_after:g}; it is lost after half of that)")
+                         f"={4 * self.lost_after:g}; it is lost after a quarter of that)")
         return
 
   def _lost(self, peers: list[int], why: str) -> None:

@@ -47,7 +47,7 @@ def _define_flags():
   flags.mark_flags_as_required(["config"])
 
 
-HEARTBEAT_TIMEOUT_S = 20  # with several processes: a survivor exits ~10 s after a loss
+HEARTBEAT_TIMEOUT_S = 20  # with several processes: a survivor exits ~5 s after a loss
 
 
 def shrink(config, steps: int, ckpt_every: int, processes: int = 1):
