@@ -13,7 +13,7 @@ With --processes=N > 1 both runs are N `jax.distributed` processes on 127.0.0.1 
 collectives, one CPU device each), the way N hosts run: a kill SIGKILLs ONE process drawn
 from --seed (every other kill waits for a checkpoint save in flight), the soak waits for
 the survivors to exit on their own (non-zero: a process that lost a peer must not carry
-on; `config.distributed.heartbeat_timeout_s` is lowered to 20 s) and restarts all N. The
+on; `config.distributed.heartbeat_timeout_s` is lowered to 40 s) and restarts all N. The
 last line is `processes=N kills=K resumes=K survivor_exit_s_max=S params_identical=...`.
 """
 import glob
@@ -47,7 +47,7 @@ def _define_flags():
   flags.mark_flags_as_required(["config"])
 
 
-HEARTBEAT_TIMEOUT_S = 20  # with several processes: a survivor exits ~5 s after a loss
+HEARTBEAT_TIMEOUT_S = 40  # with several processes: a survivor exits ~10 s after a loss
 
 
 def shrink(config, steps: int, ckpt_every: int, processes: int = 1):
@@ -97,9 +97,11 @@ def writers_truncate(workdir: str, step: int) -> None:
 
 
 def victims(kills: int, processes: int, seed: int) -> list[int]:
-  """Which process each kill hits (drawn apart from the kill steps)."""
+  """Which process each kill hits: a random order of 0, 1, ..., N-1, 0, 1, ... (so process
+  0, which hosts the coordination service, and the others are all hit when kills >= N)."""
   import numpy as np
-  return [int(p) for p in np.random.default_rng([seed, 1]).integers(0, processes, kills)]
+  rng = np.random.default_rng([seed, 1])
+  return [int(p) for p in rng.permutation(np.resize(np.arange(processes), kills))]
 
 
 def partial_checkpoints(workdir: str) -> set[str]:
@@ -116,8 +118,11 @@ class Trainer:
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     if processes > 1:
       import portpicker
+      # Process 0 compiles each step and hands the executable to the others: on a small
+      # machine N processes compiling the same program at once take N times as long.
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{portpicker.pick_unused_port()}",
-                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu")
+                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu",
+                 JAX_SHARE_BINARY_BETWEEN_HOSTS="true")
     names = [log_name] if processes == 1 else [f"{log_name}_p{i}" for i in range(processes)]
     self.log_paths = [os.path.join(workdir, f"{n}.log") for n in names]
     self.logs = [open(path, "w") for path in self.log_paths]
