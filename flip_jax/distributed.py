@@ -64,13 +64,14 @@ def initialize(config) -> bool:
                                heartbeat_timeout_seconds=d.heartbeat_timeout_s,
                                shutdown_timeout_seconds=d.shutdown_timeout_s)
     if jax.process_count() > 1:
-      _start_watch(d.heartbeat_timeout_s)
       # A first collective while every process is here (initialize waited for them all).
       # On CPU it sets up gloo's connections, which give a late process only 30 s; later
       # collectives wait for as long as it takes (a restart where one process compiles
-      # while the other reads the persistent compilation cache is >30 s apart).
+      # while the other reads the persistent compilation cache is >30 s apart). Before the
+      # watch: a process waiting in gloo's set-up holds the GIL, its watch falls silent.
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("flip_jax: all processes started")
+      _start_watch(d.heartbeat_timeout_s)
     return True
   return False
 
