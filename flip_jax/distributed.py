@@ -64,13 +64,7 @@ def initialize(config) -> bool:
                                heartbeat_timeout_seconds=d.heartbeat_timeout_s,
                                shutdown_timeout_seconds=d.shutdown_timeout_s)
     if jax.process_count() > 1:
-      # A first collective while every process is here (initialize waited for them all).
-      # On CPU it sets up gloo's connections, which give a late process only 30 s; later
-      # collectives wait for as long as it takes (a restart where one process compiles
-      # while the other reads the persistent compilation cache is >30 s apart). Before the
-      # watch: a process waiting in gloo's set-up holds the GIL, its watch falls silent.
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("flip_jax: all processes started")
+      _first_collective(d.initialization_timeout_s)
       _start_watch(d.heartbeat_timeout_s)
     return True
   return False
@@ -115,11 +109,31 @@ def exit_after_error() -> None:
            f"the error above; no other process was lost")
 
 
+def _client():
+  from jax._src import distributed as jax_distributed
+  return jax_distributed.global_state.client  # the one Orbax's barriers use too
+
+
+def _first_collective(timeout_s: int) -> None:
+  """A sum over every device, compiled first, then run by all processes at once (after a
+  coordination-service barrier). On CPU the first collective sets up gloo's connections,
+  which give a late process only 30 s (later ones wait as long as it takes): without this,
+  a restart where one process compiles while another reads the persistent compilation
+  cache can fail. Before the peer watch starts: a process waiting there holds the GIL."""
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
+  ones = jax.make_array_from_process_local_data(
+      NamedSharding(mesh, P("all")), np.ones(jax.local_device_count(), np.int32))
+  total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))
+  total = total.lower(ones).compile()
+  _client().wait_at_barrier("flip_jax: first collective", timeout_s * 1000)
+  assert int(total(ones)) == jax.device_count()
+
+
 def _start_watch(heartbeat_timeout_s: int) -> None:
   global _watch
-  from jax._src import distributed as jax_distributed
-  client = jax_distributed.global_state.client  # the one Orbax's barriers use too
-  _watch = _PeerWatch(client, jax.process_index(), jax.process_count(),
+  _watch = _PeerWatch(_client(), jax.process_index(), jax.process_count(),
                       lost_after=heartbeat_timeout_s / 4)
   _watch.start()
   # A program that ends without `run`/`leave` (all processes exit alike) stops the watch
