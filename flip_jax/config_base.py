@@ -169,6 +169,13 @@ def base_config() -> ml_collections.ConfigDict:
       coordinator_address="",   # 'host:port' of process 0; '' = env JAX_COORDINATOR_ADDRESS
       num_processes=0,          # 0 = env JAX_NUM_PROCESSES (unset: single process)
       process_id=-1,            # -1 = env JAX_PROCESS_ID
+      # Seconds. A process that sends JAX's coordination service no heartbeat for this long
+      # is dead and every other process is terminated; flip_jax's peer watch already stops
+      # the others, naming the lost process, after a quarter of it. Long enough to ride out a
+      # host's stall (swapping, a long GC, a slow filesystem), short enough not to idle a pod.
+      heartbeat_timeout_s=100,
+      initialization_timeout_s=300,  # how long processes wait for each other at start-up
+      shutdown_timeout_s=300,   # how long a finished process waits at exit for the others
   ))
   c.fsdp_min_size = 2**18  # params with fewer elements stay replicated under FSDP
   c.loss_impl = "global"   # 'global' (jit over the global batch) | 'local' (shard_map)

@@ -53,6 +53,7 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
   if c.batch_size % num_processes:
     e.append(f"config.batch_size: {c.batch_size} is not divisible by the {num_processes} "
              f"processes (each host reads an equal share)")
+  e.extend(_distributed_errors(c))
   if c.max_nonfinite_steps < 1:
     e.append(f"config.max_nonfinite_steps: must be >= 1, got {c.max_nonfinite_steps}")
   if c.data.max_image_pixels < 1:
@@ -72,6 +73,23 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.extend(objectives.REGISTRY[c.objective](c).validate())
   e.extend(evaluate.validate(c.evals))
   return e
+
+
+def _distributed_errors(c: ml_collections.ConfigDict) -> list[str]:
+  e = []
+  for key in ("heartbeat_timeout_s", "initialization_timeout_s", "shutdown_timeout_s"):
+    value = c.distributed[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+      e.append(f"config.distributed.{key}: must be a whole number of seconds >= 2, "
+               f"got {value!r}")
+  return e
+
+
+def validate_distributed(config: ml_collections.ConfigDict) -> None:
+  """The keys `jax.distributed.initialize` reads, checked before it runs."""
+  errors = _distributed_errors(config)
+  if errors:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

@@ -2,6 +2,8 @@
 
 Any config key can be overridden: --config.mask_ratio=0.75 --config.batch_size=4096.
 Running the same command again resumes from the newest complete checkpoint in DIR.
+On several processes, one that dies makes the others exit non-zero (see
+flip_jax/distributed.py); restarting all of them with the same command resumes.
 """
 import os
 import sys
@@ -22,13 +24,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  distributed.initialize(_CONFIG.value)
-  log_file = console.route_logs(_WORKDIR.value)
-  console.say(f"flip_jax: {jax.device_count()} {jax.default_backend()} device(s), process "
-              f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}")
+  alike = (config_check.ConfigError, train.NonFiniteError)  # every process stops alike
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
-  except (config_check.ConfigError, train.NonFiniteError) as err:
+    distributed.initialize(_CONFIG.value)
+    log_file = console.route_logs(_WORKDIR.value)
+    console.say(f"flip_jax: {jax.device_count()} {jax.default_backend()} device(s), process "
+                f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}")
+    distributed.run(lambda: train.run(_CONFIG.value, _WORKDIR.value), alike=alike)
+  except alike as err:
     sys.exit(f"flip_jax: {err}")
 
 
