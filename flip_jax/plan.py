@@ -334,7 +334,8 @@ def define_flags() -> dict:
   out = dict(
       config=config_flags.DEFINE_config_file("config", None, "configs/*.py file",
                                              lock_config=False),
-      topology=flags.DEFINE_string("topology", None, f"TPU slice, e.g. {EXAMPLES}"),
+      topology=flags.DEFINE_string("topology", None, f"TPU slice, e.g. {EXAMPLES}; or "
+                                   f"NVIDIA GPUs, e.g. {gpu_targets.EXAMPLES}"),
       mask_ratios=flags.DEFINE_list("mask_ratios", [], "plan each of these mask ratios "
                                     "(default: the config's)"),
       search=flags.DEFINE_bool("search", False, "try mesh shapes (data x fsdp) and "
@@ -343,7 +344,10 @@ def define_flags() -> dict:
                                    "(default: powers of two dividing data x fsdp)"),
       per_device_batches=flags.DEFINE_list("per_device_batches", [], "--search: per-device "
                                            "batches to try (default: half, once, twice the "
-                                           "config's)"))
+                                           "config's)"),
+      max_batch=flags.DEFINE_bool("max_batch", False, "find the largest per-device batch "
+                                  "(a multiple of 8) that fits, per mask ratio "
+                                  "(flip_jax/plan_batch.py)"))
   flags.mark_flags_as_required(["config", "topology"])
   return out
 
@@ -361,7 +365,17 @@ def main(argv, flags: dict):
       c = config.copy_and_resolve_references()
       if ratio is not None:
         c.mask_ratio = float(ratio)
-      if flags["search"].value:
+      if flags["max_batch"].value:
+        from flip_jax import plan_batch
+        found = plan_batch.max_batch(c, topology, devices,
+                                     report=lambda row: print(table_row(row), flush=True))
+        best = found.pop("row")
+        print(f"largest that fits: per device {found['max_per_device_batch']}, global "
+              f"{found['max_global_batch']} ({found['compiles']} compiles)", flush=True)
+        print(to_json(dict(found, mask_ratio=c.mask_ratio, topology=topology,
+                           hbm_bytes_per_device=best and best["hbm_bytes_per_device"],
+                           max_batch=True)), flush=True)
+      elif flags["search"].value:
         best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
                       [int(x) for x in flags["per_device_batches"].value],
                       report=lambda row: print(table_row(row), flush=True))

@@ -200,3 +200,43 @@ def test_bf16_compute_keeps_the_debug_loss_close_to_f32():
   assert losses["bfloat16"].dtype == jnp.float32
   assert abs(float(losses["bfloat16"]) - float(losses["float32"])) < 0.005 * float(
       losses["float32"])
+
+
+# ------------------------------------------------------------------ max batch
+
+def _memory_model(base, per_sample, capacity, seen):
+  """A plan whose bytes grow linearly with the batch, refused above `capacity`."""
+  def plan_fn(c, topology, devices):
+    per_device = c.batch_size // 4
+    seen.append(per_device)
+    need = base + per_sample * per_device
+    return dict(fits=need <= capacity, hbm_bytes_per_device=need, hbm_capacity=capacity,
+                per_device_batch=per_device)
+  return plan_fn
+
+
+@pytest.mark.parametrize("start, base, per_sample, want", [
+    (32, 2e9, 0.1e9, 296),   # (32e9 - 2e9) / 0.1e9 = 300 -> 296 on the grid of 8
+    (512, 20e9, 0.5e9, 24),  # the config's batch is far too big
+    (8, 1e9, 0.1e9, 304)])   # far too small: doubles, then extrapolates (at most 4x)
+def test_max_batch_finds_the_largest_multiple_of_8_in_few_compiles(start, base, per_sample,
+                                                                   want):
+  from flip_jax import plan_batch
+  c = load_config("flip_debug")
+  c.batch_size = start * 4
+  seen = []
+  found = plan_batch.max_batch(c, "v4:2x2x1", [None] * 4, report=lambda row: None,
+                               plan_fn=_memory_model(base, per_sample, 32e9, seen),
+                               max_compiles=12)
+  assert found["max_per_device_batch"] == want and found["max_global_batch"] == 4 * want
+  assert found["exact"] and found["bracket"] == [want, want + 8]
+  assert found["row"]["per_device_batch"] == want and seen[0] == start
+  assert found["compiles"] == len(seen) <= 6, seen
+
+
+def test_max_batch_when_nothing_fits():
+  from flip_jax import plan_batch
+  c = load_config("flip_debug")
+  found = plan_batch.max_batch(c, "v4:2x2x1", [None] * 4, report=lambda row: None,
+                               plan_fn=_memory_model(40e9, 1e9, 32e9, []))
+  assert found["max_per_device_batch"] == 0 and found["row"] is None and found["exact"]
