@@ -367,8 +367,9 @@ def main(argv, flags: dict):
         c.mask_ratio = float(ratio)
       if flags["max_batch"].value:
         from flip_jax import plan_batch
-        found = plan_batch.max_batch(c, topology, devices,
-                                     report=lambda row: print(table_row(row), flush=True))
+        found = plan_batch.max_batch(
+            c, topology, devices,
+            report=lambda row: print(table_row(row) + "\n" + to_json(row), flush=True))
         best = found.pop("row")
         print(f"largest that fits: per device {found['max_per_device_batch']}, global "
               f"{found['max_global_batch']} ({found['compiles']} compiles)", flush=True)

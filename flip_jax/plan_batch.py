@@ -6,7 +6,8 @@ linearly with the batch, so the next probe is the batch at which the line throug
 two nearest probes (one that fits and one that does not, or the two largest that fit)
 reaches the capacity, kept inside the middle half of the bracket so that every probe
 shrinks it (a safeguarded regula falsi); without a bracket the batch doubles or halves.
-It stops when the bracket is one grid step wide or after `max_compiles` probes.
+It stops when the bracket is one grid step (or 1/32 of the batch, if that is more) wide,
+or after `max_compiles` probes.
 
 Capacity: what XLA said it can use when it refused a program (TPU), else the device's
 (`hardware.Spec.hbm_bytes`; on GPUs the share of memory XLA is given). A deviceless GPU
@@ -59,7 +60,11 @@ def next_probe(fit: list[tuple[int, float]], unfit: list[tuple[int, float | None
   return min(max(guess, lo + multiple), hi - multiple)
 
 
-def max_batch(config, topology: str, devices, *, multiple: int = 8, max_compiles: int = 8,
+def _resolution(lo: int, multiple: int) -> int:
+  return max(multiple, lo // 32 // multiple * multiple)
+
+
+def max_batch(config, topology: str, devices, *, multiple: int = 8, max_compiles: int = 6,
               report=print, plan_fn=plan.plan) -> dict:
   """{max_per_device_batch, max_global_batch, bracket, compiles, row (the largest that
   fits, or None)}; `report` sees every probe's row."""
@@ -73,11 +78,11 @@ def max_batch(config, topology: str, devices, *, multiple: int = 8, max_compiles
     (fit if row["fits"] else unfit).append((per_device, row.get("hbm_bytes_per_device")))
     lo = max(fit)[0] if fit else 0
     hi = min(unfit)[0] if unfit else None
-    if hi is not None and hi - lo <= multiple:
+    if hi is not None and hi - lo <= _resolution(lo, multiple):
       break
     per_device = next_probe(fit, unfit, _capacity(row), multiple)
   lo = max(fit)[0] if fit else 0
   hi = min(unfit)[0] if unfit else None
   return dict(max_per_device_batch=lo, max_global_batch=lo * dp, data_parallel=dp,
-              bracket=[lo, hi], exact=hi is not None and hi - lo <= multiple,
+              bracket=[lo, hi], exact=hi is not None and hi - lo <= _resolution(lo, multiple),
               compiles=len(rows), row=rows.get(lo))
