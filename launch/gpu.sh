@@ -8,13 +8,17 @@
 # --install first installs this checkout next to the machine's CUDA build of jax
 # (pip install --no-deps -e .). --gpus restricts the run to some GPUs (CUDA_VISIBLE_DEVICES).
 # --dry-run prints the commands instead of running them. The same command resumes.
+# XLA settings (a caller's XLA_FLAGS / XLA_PYTHON_CLIENT_MEM_FRACTION take precedence):
+# the latency-hiding scheduler overlaps FSDP's weight all-gathers and gradient
+# reduce-scatters with compute; XLA's allocator takes 95% of each GPU's memory (jax's
+# default: 75%), the share `flip_jax.plan` plans against (hardware.GPU_MEMORY_FRACTION).
 set -euo pipefail
 
 config="" workdir="" gpus="" install=0 dry_run=0
 overrides=()
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -66,6 +70,12 @@ fi
 if [[ -n "$gpus" ]]; then
   export CUDA_VISIBLE_DEVICES="$gpus"
   if ((dry_run)); then echo "export CUDA_VISIBLE_DEVICES=$gpus"; fi
+fi
+# Later flags win in XLA_FLAGS, so the caller's come last.
+export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true${XLA_FLAGS:+ $XLA_FLAGS}"
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}"
+if ((dry_run)); then
+  echo "export XLA_FLAGS='$XLA_FLAGS' XLA_PYTHON_CLIENT_MEM_FRACTION=$XLA_PYTHON_CLIENT_MEM_FRACTION"
 fi
 run nvidia-smi --query-gpu=index,name,memory.total --format=csv
 # exec: SIGTERM (preemption) reaches the trainer, which saves and exits 0.

@@ -42,6 +42,15 @@ def test_gpu_topologies_are_compile_only_devices():
   assert gpu_targets.cluster_spec(spec, "a100:2x8").ici_bw == 25e9
 
 
+def test_launch_script_gives_xla_the_memory_share_the_planner_assumes():
+  import os
+  import re
+  from helpers import ROOT
+  script = open(os.path.join(ROOT, "launch", "gpu.sh")).read()
+  share = re.search(r"XLA_PYTHON_CLIENT_MEM_FRACTION:-([\d.]+)", script).group(1)
+  assert float(share) == hardware.GPU_MEMORY_FRACTION
+
+
 @pytest.mark.parametrize("name, match", [
     ("h100:16", "at most 8 GPUs per host"), ("h100:0", "unknown GPU topology"),
     ("a100:2x2x8", "unknown GPU topology")])
