@@ -347,7 +347,9 @@ def define_flags() -> dict:
                                            "config's)"),
       max_batch=flags.DEFINE_bool("max_batch", False, "find the largest per-device batch "
                                   "(a multiple of 8) that fits, per mask ratio "
-                                  "(flip_jax/plan_batch.py)"))
+                                  "(flip_jax/plan_batch.py)"),
+      max_compiles=flags.DEFINE_integer("max_compiles", 6, "--max_batch: stop after this "
+                                        "many compiles (the JSON line gives the bracket)"))
   flags.mark_flags_as_required(["config", "topology"])
   return out
 
@@ -368,7 +370,7 @@ def main(argv, flags: dict):
       if flags["max_batch"].value:
         from flip_jax import plan_batch
         found = plan_batch.max_batch(
-            c, topology, devices,
+            c, topology, devices, max_compiles=flags["max_compiles"].value,
             report=lambda row: print(table_row(row) + "\n" + to_json(row), flush=True))
         best = found.pop("row")
         print(f"largest that fits: per device {found['max_per_device_batch']}, global "
