@@ -41,5 +41,9 @@ setup(
         # libtpu, the version jax pins (jax 0.10.2: libtpu==0.0.42.*): runs on TPU VMs, and
         # lets any machine compile for TPU topologies (flip_jax.plan).
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+        # The CUDA 12 plugin and NVIDIA wheels (~5 GB): `flip_jax.plan --topology=h100:8`
+        # compiles for NVIDIA GPUs on a machine without one (JAX_PLATFORMS=cpu). On a GPU
+        # machine it is also what runs the GPUs.
+        "gpu-plan": ["jax[cuda12]>=0.10.2,<0.12"],
     },
 )

@@ -39,7 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
       mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       patch_bias=True,      # bias of the patch embedding (OpenAI/HF CLIP: none)
-      attn_impl="xla",      # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn'
+      # attention of the tower (and its 'map'/class-attention pooling): 'auto' (cuDNN flash
+      # attention on an NVIDIA GPU where it applies, else XLA) | 'xla' | 'cudnn'
+      attn_impl="auto",
   ))
   c.model.text = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_dim=2048,
@@ -51,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
       act="gelu",
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       remat="none",
-      attn_impl="xla",
+      attn_impl="auto",     # as model.image.attn_impl (padding goes to cuDNN as lengths)
   ))
   c.model.swin = ml_collections.ConfigDict(dict(  # SwinV2 (models/swin.py)
       variant="B",          # 'T|S|B|L|H|g|G' or 'custom' (then embed_dim/depths/heads below)

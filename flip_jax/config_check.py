@@ -6,6 +6,7 @@ import ml_collections
 from flip_jax import evaluate, sharding
 from flip_jax.data.pipeline import FORMATS
 from flip_jax.models import DTYPES
+from flip_jax.models.attention import IMPLS as ATTENTION_IMPLS
 from flip_jax.models.vit import POOLS, POS_EMBS, parse_variant
 
 
@@ -35,6 +36,10 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.model.image.pool: {c.model.image.pool!r} not in {POOLS}")
   if c.model.image.pos_emb not in POS_EMBS:
     e.append(f"config.model.image.pos_emb: {c.model.image.pos_emb!r} not in {POS_EMBS}")
+  for tower in ("image", "text"):
+    if c.model[tower].attn_impl not in ATTENTION_IMPLS:
+      e.append(f"config.model.{tower}.attn_impl: {c.model[tower].attn_impl!r} not in "
+               f"{ATTENTION_IMPLS}")
   if c.dtype != "auto" and c.dtype not in DTYPES:
     e.append(f"config.dtype: {c.dtype!r} not 'auto' or one of {sorted(DTYPES)}")
   if c.text_len < 1:

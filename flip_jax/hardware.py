@@ -11,12 +11,19 @@ Cloud TPU's published *all-reduce bandwidth per Pod* divided by the Pod's chips 
 v4, v5e, v6e; for v5e and v6e this equals half the published bidirectional per-chip
 ICI bandwidth), and half the published bidirectional per-chip ICI bandwidth for v5p,
 whose page gives no Pod all-reduce figure.
+
+NVIDIA GPUs: `hbm_bytes` is the part of the memory the CUDA driver reports that XLA may
+use (`GPU_MEMORY_FRACTION`, what launch/gpu.sh gives it via
+XLA_PYTHON_CLIENT_MEM_FRACTION); `ici_bw` is NVLink's per-direction bandwidth (half the
+published bidirectional figure), the bandwidth within one 8-GPU host.
+flip_jax/gpu_targets.py holds the rest of each GPU's figures (tests check they agree).
 """
 from __future__ import annotations
 
 import dataclasses
 
 GIB = 2**30
+GPU_MEMORY_FRACTION = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +61,18 @@ SPECS: dict[str, Spec] = {
         918e12, f"{_V6E}: per chip 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s, "
         "ICI 800 GB/s bidirectional (all-reduce 102.4 TB/s per 256-chip Pod)",
         32e9, 1638e9, 102.4e12 / 256),
-    "H200": Spec(989e12, "NVIDIA H200 SXM datasheet: 989 TFLOP/s dense BF16"),
-    "H100": Spec(989e12, "NVIDIA H100 SXM datasheet: 989 TFLOP/s dense BF16"),
-    "A100": Spec(312e12, "NVIDIA A100 datasheet: 312 TFLOP/s dense BF16"),
+    "H200": Spec(
+        989e12, "NVIDIA H200 SXM datasheet: 989 TFLOP/s dense BF16, 141 GB HBM3e at "
+        "4.8 TB/s (151,397,597,184 B reported), NVLink 900 GB/s bidirectional",
+        GPU_MEMORY_FRACTION * 151_397_597_184, 4.8e12, 900e9 / 2),
+    "H100": Spec(
+        989e12, "NVIDIA H100 SXM datasheet: 989 TFLOP/s dense BF16, 80 GB HBM3 at "
+        "3.35 TB/s (84,942,979,072 B reported), NVLink 900 GB/s bidirectional",
+        GPU_MEMORY_FRACTION * 84_942_979_072, 3.35232e12, 900e9 / 2),
+    "A100": Spec(
+        312e12, "NVIDIA A100 SXM4 80GB datasheet: 312 TFLOP/s dense BF16, HBM2e at "
+        "2,039 GB/s (85,100,068,864 B reported), NVLink 600 GB/s bidirectional",
+        GPU_MEMORY_FRACTION * 85_100_068_864, 2.03904e12, 600e9 / 2),
 }
 
 

@@ -28,6 +28,16 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.+?) ([a-z][a-z0-9\-]*)\((.*)$"
 _CALLEES = re.compile(r"\b(body|condition|to_apply|calls)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_TRUE_FALSE = re.compile(r"\b(?:true|false)_computation=%([\w.\-]+)")
+
+
+def branches(attrs: str) -> list[str]:
+  """The computations a conditional may run: `branch_computations={...}` (TPU) or
+  `true_computation=` / `false_computation=` (GPU)."""
+  listed = _BRANCHES.search(attrs)
+  if listed:
+    return re.findall(r"%([\w.\-]+)", listed.group(1))
+  return _TRUE_FALSE.findall(attrs)
 
 
 def array_shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -103,7 +113,10 @@ def collectives(hlo: str, num_devices: int) -> list[dict]:
       if kind:
         shapes = array_shapes(result)
         if opcode in ("all-gather-start", "collective-permute-start"):
-          shapes = shapes[1:2]  # the async tuple holds (operand, result, [context])
+          # The async tuple holds (operands, results, [context]); the GPU compiler
+          # combines several all-gathers into one start with n operands.
+          n = rest[:rest.index(")")].count("%")
+          shapes = shapes[n:2 * n]
         if kind == "reduce-scatter":  # count the unreduced input: the result times n
           n, axis = group_size(rest, num_devices), int(re.search(r"dimensions=\{(\d+)", rest)[1])
           shapes = [(dt, d[:axis] + (d[axis] * n,) + d[axis + 1:]) for dt, d in shapes]
@@ -119,7 +132,7 @@ def collectives(hlo: str, num_devices: int) -> list[dict]:
       elif opcode == "call":
         walk(callees["to_apply"], times)
       elif opcode == "conditional":
-        for branch in re.findall(r"%([\w.\-]+)", _BRANCHES.search(rest).group(1)):
+        for branch in branches(rest):
           walk(branch, times)
 
   walk(entry, 1)

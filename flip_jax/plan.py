@@ -54,7 +54,8 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flip_jax import config_check, hardware, hlo_stats, input_rate, sharding, train  # noqa: E402
+from flip_jax import (config_check, gpu_cost, gpu_targets, hardware, hlo_stats,  # noqa: E402
+                      input_rate, sharding, train)
 
 GIB = hardware.GIB
 # Generations whose two TensorCores per chip run as one "megacore" JAX device (as on a
@@ -66,7 +67,10 @@ EXAMPLES = ("v3:4x4 (v3-32), v3:8x16 (v3-256), v3:16x16 (v3-512), v4:2x2x1 (v4-8
 
 
 def topology_devices(name: str) -> list:
-  """The compile-only devices of a TPU slice, e.g. 'v3:8x16' -> 256 TensorCores."""
+  """The compile-only devices of a TPU slice, e.g. 'v3:8x16' -> 256 TensorCores, or of
+  NVIDIA GPUs, e.g. 'h100:8' (flip_jax/gpu_targets.py)."""
+  if gpu_targets.is_gpu_topology(name):
+    return gpu_targets.topology_devices(name)
   match = TOPOLOGY.match(name)
   if not match:
     raise ValueError(f"unknown TPU topology {name!r}: expected GENERATION:AxB[xC] with "
@@ -170,7 +174,7 @@ def plan(config, topology: str, devices=None) -> dict:
   devices = topology_devices(topology) if devices is None else devices
   c = resolve(config)
   config_check.validate(c, len(devices))
-  spec = hardware.spec_for(devices[0].device_kind)
+  spec = gpu_targets.cluster_spec(hardware.spec_for(devices[0].device_kind), topology)
   mesh = sharding.make_mesh(c.mesh, devices)
   dp = sharding.data_parallel_size(c.mesh, len(devices))
   trainer = train.Trainer(c, mesh)
@@ -209,6 +213,9 @@ def _analyse(trainer, state, compiled, spec, num_devices) -> dict:
          + memory["code"])
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gpu = cost is None  # a deviceless CUDA executable has none (flip_jax/gpu_cost.py)
+  if gpu:
+    cost = gpu_cost.cost_analysis(compiled)
   records = hlo_stats.collectives(compiled.as_text(), num_devices)
   # Collectives over arrays shaped like a weight (trained or extra): FSDP's gathers and
   # gradient reductions, told apart from the loss's gathers over the batch.
@@ -225,6 +232,10 @@ def _analyse(trainer, state, compiled, spec, num_devices) -> dict:
       collectives=_counts(records, hlo_stats.KINDS),
       weight_collectives=_counts(weight_records, ("all-gather", "reduce-scatter", "all-reduce")),
       collective_traffic_per_device=traffic, model_flops_per_step=model_flops)
+  if gpu:
+    out.update(attention="cudnn" if cost["cudnn_attention_calls"] else "xla",
+               cudnn_attention_calls=cost["cudnn_attention_calls"],
+               cudnn_attention_flops_per_device=cost["cudnn_attention_flops"])
   if not out["fits"]:
     out["shortfall_gib"] = (hbm - spec.hbm_bytes) / GIB
   out.update(predict(spec, cost["flops"], cost["bytes accessed"], traffic,
@@ -281,7 +292,7 @@ COLUMNS = [("mask", "mask_ratio", "{:.2f}"), ("mesh d/f/t", "mesh", None),
            ("fits", "fits", "{}"), ("TFLOP/dev", "flops_per_device", "tera"),
            ("coll GB/dev", "collective_traffic_per_device", "giga"),
            ("step s", "predicted_step_s", "{:.3f}"), ("MFU", "predicted_mfu", "{:.3f}"),
-           ("img/s", "predicted_images_per_s", "{:.0f}"),
+           ("img/s", "predicted_images_per_s", "{:.0f}"), ("attn", "attention", "{}"),
            ("data bound", "data_bound", "{}")]
 
 
@@ -324,7 +335,8 @@ def define_flags() -> dict:
   out = dict(
       config=config_flags.DEFINE_config_file("config", None, "configs/*.py file",
                                              lock_config=False),
-      topology=flags.DEFINE_string("topology", None, f"TPU slice, e.g. {EXAMPLES}"),
+      topology=flags.DEFINE_string("topology", None, f"TPU slice, e.g. {EXAMPLES}; or "
+                                   f"NVIDIA GPUs, e.g. {gpu_targets.EXAMPLES}"),
       mask_ratios=flags.DEFINE_list("mask_ratios", [], "plan each of these mask ratios "
                                     "(default: the config's)"),
       search=flags.DEFINE_bool("search", False, "try mesh shapes (data x fsdp) and "
@@ -342,7 +354,12 @@ def define_flags() -> dict:
                                               "data-bound columns"),
       data_benchmark=flags.DEFINE_string("data_benchmark", "", "JSON lines of "
                                          "flip_jax.data.benchmark --out: the per-core "
-                                         "rate from them"))
+                                         "rate from them"),
+      max_batch=flags.DEFINE_bool("max_batch", False, "find the largest per-device batch "
+                                  "(a multiple of 8) that fits, per mask ratio "
+                                  "(flip_jax/plan_batch.py)"),
+      max_compiles=flags.DEFINE_integer("max_compiles", 6, "--max_batch: stop after this "
+                                        "many compiles (the JSON line gives the bracket)"))
   flags.mark_flags_as_required(["config", "topology"])
   return out
 
@@ -364,7 +381,18 @@ def main(argv, flags: dict):
       c = config.copy_and_resolve_references()
       if ratio is not None:
         c.mask_ratio = float(ratio)
-      if flags["search"].value:
+      if flags["max_batch"].value:
+        from flip_jax import plan_batch
+        found = plan_batch.max_batch(
+            c, topology, devices, max_compiles=flags["max_compiles"].value,
+            report=lambda row: print(table_row(row) + "\n" + to_json(row), flush=True))
+        best = found.pop("row")
+        print(f"largest that fits: per device {found['max_per_device_batch']}, global "
+              f"{found['max_global_batch']} ({found['compiles']} compiles)", flush=True)
+        print(to_json(dict(found, mask_ratio=c.mask_ratio, topology=topology,
+                           hbm_bytes_per_device=best and best["hbm_bytes_per_device"],
+                           max_batch=True)), flush=True)
+      elif flags["search"].value:
         best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
                       [int(x) for x in flags["per_device_batches"].value],
                       report=lambda row: print(table_row(data_bound(row)), flush=True))

@@ -8,12 +8,16 @@
 # --install first installs this checkout next to the machine's CUDA build of jax
 # (pip install --no-deps -e .). --gpus restricts the run to some GPUs (CUDA_VISIBLE_DEVICES).
 # --dry-run prints the commands instead of running them. The same command resumes.
+# XLA settings (a caller's XLA_FLAGS / XLA_PYTHON_CLIENT_MEM_FRACTION take precedence):
+# the latency-hiding scheduler overlaps FSDP's weight all-gathers and gradient
+# reduce-scatters with compute; XLA's allocator takes 95% of each GPU's memory (jax's
+# default: 75%), the share `flip_jax.plan` plans against (hardware.GPU_MEMORY_FRACTION).
 set -euo pipefail
 
 config="" workdir="" gpus="" install=0 dry_run=0
 overrides=()
 
-usage_end=11  # the last line of the header comment, which --help prints
+usage_end=15  # the last line of the header comment, which --help prints
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
@@ -39,6 +43,12 @@ fi
 if [[ -n "$gpus" ]]; then
   export CUDA_VISIBLE_DEVICES="$gpus"
   if ((dry_run)); then echo "export CUDA_VISIBLE_DEVICES=$gpus"; fi
+fi
+# Later flags win in XLA_FLAGS, so the caller's come last.
+export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true${XLA_FLAGS:+ $XLA_FLAGS}"
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}"
+if ((dry_run)); then
+  echo "export XLA_FLAGS='$XLA_FLAGS' XLA_PYTHON_CLIENT_MEM_FRACTION=$XLA_PYTHON_CLIENT_MEM_FRACTION"
 fi
 run nvidia-smi --query-gpu=index,name,memory.total --format=csv
 # exec: SIGTERM (preemption) reaches the trainer, which saves and exits 0.

@@ -23,10 +23,13 @@ def shellcheck() -> str:
   return found
 
 
-def dry_run(script, *args) -> list[str]:
+def dry_run(script, *args, **env) -> list[str]:
+  """The script's --dry-run lines, run without the tests' XLA settings (plus `env`)."""
+  base = {k: v for k, v in os.environ.items()
+          if k not in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
   result = subprocess.run(["bash", os.path.join(LAUNCH, script), "--dry-run", *args],
                           capture_output=True, text=True, check=True,
-                          env=dict(os.environ, SLURM_JOB_ID=""))
+                          env=dict(base, SLURM_JOB_ID="", **env))
   return result.stdout.splitlines()
 
 
@@ -71,9 +74,18 @@ def test_gpu_dry_run():
   lines = dry_run("gpu.sh", "--config=configs/flip_b16.py", "--workdir=/runs/b16",
                   "--gpus=0,1", "--", "--config.batch_size=512")
   assert lines == ["export CUDA_VISIBLE_DEVICES=0,1",
+                   "export XLA_FLAGS='--xla_gpu_enable_latency_hiding_scheduler=true' "
+                   "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
                    "nvidia-smi --query-gpu=index,name,memory.total --format=csv",
                    "python -m flip_jax.main --config=configs/flip_b16.py --workdir=/runs/b16 "
                    "--config.batch_size=512"]
+  # The caller's settings win: their flags come last, their memory share is kept.
+  lines = dry_run("gpu.sh", "--config=c.py", "--workdir=w",
+                  XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=false",
+                  XLA_PYTHON_CLIENT_MEM_FRACTION="0.8")
+  assert lines[0] == ("export XLA_FLAGS='--xla_gpu_enable_latency_hiding_scheduler=true "
+                      "--xla_gpu_enable_latency_hiding_scheduler=false' "
+                      "XLA_PYTHON_CLIENT_MEM_FRACTION=0.8")
 
 
 def test_slurm_dry_run_sets_the_coordinator_or_leaves_it_to_jax():

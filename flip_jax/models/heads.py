@@ -17,9 +17,10 @@ def projection(d_in: int, d_out: int, *, rngs, dtype=jnp.float32) -> Dense:
 class AttentionPool(nnx.Module):
   """Multihead attention pooling (big_vision 'map'): a learned probe attends to the tokens."""
 
-  def __init__(self, width, heads, mlp_dim, *, rngs, dtype=jnp.float32, ln_eps=1e-6):
+  def __init__(self, width, heads, mlp_dim, *, rngs, dtype=jnp.float32, ln_eps=1e-6,
+               attn_impl=None):
     self.probe = param(rngs, jax.nn.initializers.xavier_uniform(), (1, width), (None, "embed"))
-    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype, impl=attn_impl)
     self.ln = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
     self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
 
@@ -35,9 +36,9 @@ class ClassAttentionBlock(nnx.Module):
   each residual branch scaled by a learned per-channel layer scale."""
 
   def __init__(self, width, heads, mlp_dim, *, rngs, layer_scale=0.1, act="gelu", ln_eps=1e-6,
-               dtype=jnp.float32):
+               dtype=jnp.float32, attn_impl=None):
     self.ln1 = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
-    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype, impl=attn_impl)
     self.ln2 = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
     self.mlp = Mlp(width, mlp_dim, rngs=rngs, act=act, dtype=dtype)
     scale = jax.nn.initializers.constant(layer_scale)
@@ -56,11 +57,12 @@ class ClassAttentionPool(nnx.Module):
   tokens, then LayerNorm: one instance vector per sequence (CaiT / ExtreMA)."""
 
   def __init__(self, width, heads, mlp_dim, *, rngs, depth=2, layer_scale=0.1, act="gelu",
-               ln_eps=1e-6, dtype=jnp.float32):
+               ln_eps=1e-6, dtype=jnp.float32, attn_impl=None):
     self.cls_token = param(rngs, jax.nn.initializers.normal(0.02), (width,), ("embed",))
     self.blocks = nnx.List([
         ClassAttentionBlock(width, heads, mlp_dim, rngs=rngs, layer_scale=layer_scale, act=act,
-                            ln_eps=ln_eps, dtype=dtype) for _ in range(depth)])
+                            ln_eps=ln_eps, dtype=dtype, attn_impl=attn_impl)
+        for _ in range(depth)])
     self.ln = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
 
   def __call__(self, tokens):

@@ -22,7 +22,8 @@ class InstanceEncoder(nnx.Module):
     width = self.encoder.width
     act, ln_eps = image.get("act", "gelu"), image.get("ln_eps", 1e-6)
     self.pool = ClassAttentionPool(width, heads, mlp_dim, rngs=rngs, depth=pool_depth,
-                                   layer_scale=layer_scale, act=act, ln_eps=ln_eps, dtype=dtype)
+                                   layer_scale=layer_scale, act=act, ln_eps=ln_eps, dtype=dtype,
+                                   attn_impl=image.get("attn_impl"))
     self.projector = MlpHead(width, proj_hidden, proj_dim, rngs=rngs, num_layers=proj_layers,
                              dtype=dtype)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flip_jax import sharding
+from flip_jax.models import attention
 
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -78,12 +79,19 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention with separate q/k/v projections (maps 1:1 onto HF/open_clip)."""
+  """Multi-head attention with separate q/k/v projections (maps 1:1 onto HF/open_clip).
+
+  impl: 'xla' | 'cudnn' | 'auto' (cuDNN flash attention where it applies, see
+  flip_jax/models/attention.py); None = 'auto'."""
 
   def __init__(self, width: int, heads: int, *, rngs, dtype=jnp.float32, impl: str | None = None,
                kv_width: int | None = None):
     if width % heads:
       raise ValueError(f"width {width} is not divisible by heads {heads}")
+    impl = impl or "auto"
+    if impl not in attention.IMPLS:
+      raise ValueError(f"attention implementation must be one of {attention.IMPLS}, "
+                       f"got {impl!r}")
     hd = width // heads
     kv_width = kv_width or width
     self.heads, self.impl, self.dtype = heads, impl, dtype
@@ -94,12 +102,11 @@ class Attention(nnx.Module):
     self.out = mk((heads, hd), (width,), ("heads", "kv"), ("embed",))
 
   def __call__(self, x, kv=None, *, mask=None, causal=False):
-    """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool."""
+    """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
+    or an attention.KeyPadding."""
     kv = x if kv is None else kv
     q, k, v = self.q(x), self.k(kv), self.v(kv)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                     implementation=self.impl)
-    return self.out(y)
+    return self.out(attention.attend(self.impl, q, k, v, mask=mask, causal=causal))
 
 
 class Mlp(nnx.Module):

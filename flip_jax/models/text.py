@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flip_jax import sharding
+from flip_jax.models.attention import KeyPadding
 from flip_jax.models.layers import Encoder, LayerNorm, param
 
 POOLS = ("first", "last", "mean")
@@ -47,7 +48,7 @@ class TextTransformer(nnx.Module):
     x = x + self.pos_emb[:t].astype(self.dtype)
     x = sharding.constrain(x, ("batch", "length", "embed"))
     valid = tokens != self.pad_id
-    mask = None if self.causal else valid[:, None, None, :]
+    mask = None if self.causal else KeyPadding(valid)  # cuDNN takes it as lengths
     x = self.encoder(x, rng, mask=mask, causal=self.causal)
     x = self.ln_final(x)
     if self.pool == "first":

@@ -126,7 +126,8 @@ class VisionTransformer(nnx.Module):
                            ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl)
     self.ln_post = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_post else None
     self.map_head = (heads_lib.AttentionPool(width, heads, mlp_dim, rngs=rngs, dtype=dtype,
-                                             ln_eps=ln_eps) if pool == "map" else None)
+                                             ln_eps=ln_eps, attn_impl=attn_impl)
+                     if pool == "map" else None)
 
   def position_embedding(self):
     """(patch part [L, D], cls part [D] or None)."""

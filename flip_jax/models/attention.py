@@ -1,0 +1,140 @@
+"""Which implementation computes attention, and the call into it.
+
+`attn_impl` (config.model.image / model.text) is 'xla', 'cudnn' or 'auto'. 'auto' picks
+cuDNN flash attention (`jax.nn.dot_product_attention(implementation='cudnn')`) when the
+program is compiled for an NVIDIA GPU and cuDNN's constraints hold, and XLA's attention
+otherwise; on a GPU it logs why it fell back (once per reason). The constraints, as jax
+0.10's cuDNN path checks them:
+
+- a CUDA build of jax (cuDNN present) and a GPU of compute capability >= 8.0;
+- bfloat16 or float16 inputs (float32 is XLA's);
+- a head dim that is a multiple of 8 and <= 128 (<= 256 on Hopper, when jax runs on it:
+  a deviceless compile checks against 128);
+- even sequence lengths for training. jax 0.10.2 passes cuDNN an empty placeholder for a
+  missing bias and then checks `bias is not None`, so it rejects every odd length (FLIP's
+  99 tokens at mask 0.5, 197 unmasked), mask or none. `attend` therefore pads odd query
+  and key lengths by one and hands cuDNN the true lengths (its padding mask: the extra
+  key gets no weight, the extra query row is dropped): exact, and every ViT sequence
+  runs on cuDNN. A dense boolean mask (cuDNN adds it as a bias) is not padded: with odd
+  lengths it stays on XLA. Text padding goes as `KeyPadding` (lengths, no bias) and
+  causality as `is_causal`.
+
+The target is read at trace time: the devices of the mesh set by `jax.set_mesh` (the
+trainer's and the planner's, compile-only GPUs included), else jax's default device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+IMPLS = ("auto", "xla", "cudnn")
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KeyPadding:
+  """Keys that are padding, given as `valid` [B, S] bool with the valid keys first in each
+  row (tokenizers pad at the end). XLA masks them; cuDNN takes the lengths."""
+  valid: jax.Array
+
+  def dense(self) -> jax.Array:
+    return self.valid[:, None, None, :]
+
+  def lengths(self) -> jax.Array:
+    return self.valid.sum(-1).astype(jnp.int32)
+
+
+def target_device() -> tuple[str, str]:
+  """(platform, device_kind) the program being traced is compiled for."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  if device is None:
+    device = jax.devices()[0]
+  return device.platform, device.device_kind
+
+
+@functools.lru_cache(maxsize=None)
+def compute_capability(device_kind: str) -> tuple[int, int] | None:
+  """Of a visible GPU of this kind, else of a GPU flip_jax.gpu_targets describes."""
+  for d in jax.devices():
+    if d.device_kind == device_kind and hasattr(d, "compute_capability"):
+      return tuple(int(x) for x in d.compute_capability.split("."))[:2]
+  from flip_jax import gpu_targets
+  for gpu in gpu_targets.GPUS.values():
+    if gpu.name == device_kind:
+      return gpu.compute_capability
+  return None
+
+
+def _cudnn_present() -> bool:
+  from jax._src.lib import cuda_versions  # what jax's cuDNN path itself checks
+  return cuda_versions is not None
+
+
+def choose(impl: str, q, k, mask=None, *, device: tuple[str, str] | None = None
+           ) -> tuple[str, str]:
+  """('xla' | 'cudnn', why): `impl` resolved for queries q [B, T, H, D], keys k [B, S, H, D]
+  and `mask` (None, KeyPadding or a dense boolean array) on `device` (platform, kind)."""
+  if impl not in IMPLS:
+    raise ValueError(f"attention implementation must be one of {IMPLS}, got {impl!r}")
+  if impl != "auto":
+    return impl, "as configured"
+  platform, kind = device or target_device()
+  if platform != "gpu":
+    return "xla", f"not a GPU ({platform})"
+  if not _cudnn_present():
+    return "xla", "no cuDNN in this jax build (not CUDA)"
+  cc = compute_capability(kind)
+  if cc is None or cc < (8, 0):
+    return "xla", f"{kind}: compute capability {cc or 'unknown'}, cuDNN flash needs >= 8.0"
+  if q.dtype not in CUDNN_DTYPES:
+    return "xla", f"dtype {q.dtype.name}: cuDNN flash attention needs bfloat16 or float16"
+  head_dim = q.shape[-1]
+  max_head_dim = 256 if cc >= (9, 0) and jax.default_backend() == "gpu" else 128
+  if head_dim % 8 or head_dim > max_head_dim:
+    return "xla", f"head dim {head_dim}: cuDNN needs a multiple of 8 <= {max_head_dim}"
+  t, s = q.shape[1], k.shape[1]
+  if mask is not None and not isinstance(mask, KeyPadding) and (t % 2 or s % 2):
+    return "xla", f"a dense mask with odd lengths (queries {t}, keys {s}): cuDNN needs even"
+  return "cudnn", "constraints hold"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(why: str) -> None:
+  logging.info("attention: XLA instead of cuDNN flash attention: %s", why)
+
+
+def attend(impl: str, q, k, v, *, mask=None, causal: bool = False):
+  """jax.nn.dot_product_attention with `impl` resolved by `choose`; mask: None,
+  KeyPadding or a boolean array broadcastable to [B, H, T, S]."""
+  chosen, why = choose(impl, q, k, mask)
+  if impl == "auto" and chosen == "xla" and not why.startswith("not a GPU"):
+    _log_fallback(why)
+  if chosen == "cudnn" and (mask is None or isinstance(mask, KeyPadding)):
+    return padded_to_even(q, k, v, mask, causal, "cudnn")
+  if isinstance(mask, KeyPadding):
+    mask = mask.dense()
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                      implementation=chosen)
+
+
+def padded_to_even(q, k, v, padding: KeyPadding | None, causal: bool, impl: str):
+  """Attention with odd query/key lengths padded by one, the true lengths passed as
+  sequence lengths (see the module doc); the output has q's length."""
+  b, t, s = q.shape[0], q.shape[1], k.shape[1]
+  kv_lengths = padding.lengths() if padding is not None else None
+  if t % 2 == 0 and s % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                        key_value_seq_lengths=kv_lengths, implementation=impl)
+  def pad(x):
+    return jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  q_lengths = jnp.full((b,), t, jnp.int32)
+  kv_lengths = kv_lengths if kv_lengths is not None else jnp.full((b,), s, jnp.int32)
+  y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), is_causal=causal,
+                                   query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths,
+                                   implementation=impl)
+  return y[:, :t]
