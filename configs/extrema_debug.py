@@ -37,5 +37,10 @@ def get_config(arg=None):
   c.ckpt_every_steps = 200
   c.evals.val = dict(type="val_loss", every_steps=100, dataset="digits", split="test")
   # the EMA teacher's instance representation, before training (step 0) and every 100 steps
-  c.evals.knn = dict(type="knn", every_steps=100, at_start=True, dataset="digits")
+  c.evals.knn = dict(type="knn", every_steps=100, at_start=True, dataset="digits",
+                     features="teacher_prenorm")
+  c.evals.knn_post = dict(type="knn", every_steps=100, at_start=True, dataset="digits",
+                     features="teacher")
+  c.evals.knn_student = dict(type="knn", every_steps=100, at_start=True, dataset="digits",
+                             features="student_prenorm")
   return c

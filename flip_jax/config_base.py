@@ -8,6 +8,8 @@ import ml_collections
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       patch_bias=True,      # bias of the patch embedding (OpenAI/HF CLIP: none)
       attn_impl="xla",      # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn'
+      init="default",       # initialisation scheme: 'default' | 'flip' | 'beit' (models/inits.py)
+      init_std=0.02,        # 'beit': std of its truncated-normal init
   ))
   c.model.text = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_dim=2048,
@@ -52,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       remat="none",
       attn_impl="xla",
+      init="default",       # initialisation scheme: 'default' | 'flip' (models/inits.py)
+      # A non-causal tower masks the keys at pad_id (official FLIP does not: False).
+      padding_mask=True,
+      # The tokenizer's template ([CLS] ... [SEP] for BERT WordPiece); False: word pieces
+      # only, padded with pad_id (official FLIP's tf_text BertTokenizer).
+      special_tokens=True,
   ))
   c.model.swin = ml_collections.ConfigDict(dict(  # SwinV2 (models/swin.py)
       variant="B",          # 'T|S|B|L|H|g|G' or 'custom' (then embed_dim/depths/heads below)

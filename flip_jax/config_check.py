@@ -4,7 +4,7 @@ from __future__ import annotations
 import ml_collections
 
 from flip_jax import sharding
-from flip_jax.models import DTYPES
+from flip_jax.models import DTYPES, inits
 from flip_jax.models.vit import POOLS, POS_EMBS, parse_variant
 
 
@@ -34,6 +34,9 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.model.image.pool: {c.model.image.pool!r} not in {POOLS}")
   if c.model.image.pos_emb not in POS_EMBS:
     e.append(f"config.model.image.pos_emb: {c.model.image.pos_emb!r} not in {POS_EMBS}")
+  for tower, schemes in (("image", inits.SCHEMES), ("text", ("default", "flip"))):
+    if c.model[tower].get("init", "default") not in schemes:
+      e.append(f"config.model.{tower}.init: {c.model[tower].init!r} not in {schemes}")
   if c.dtype != "auto" and c.dtype not in DTYPES:
     e.append(f"config.dtype: {c.dtype!r} not 'auto' or one of {sorted(DTYPES)}")
   if c.text_len < 1:
@@ -69,7 +72,13 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.objective: unknown {c.objective!r}; registered: "
              f"{sorted(objectives.REGISTRY)}")
   elif not any(m.startswith("config.dtype") for m in e):
-    e.extend(objectives.REGISTRY[c.objective](c).validate())
+    objective = objectives.REGISTRY[c.objective](c)
+    e.extend(objective.validate())
+    kinds = objective.image_feature_kinds()
+    for name, ev in c.evals.items():
+      if ev.get("features", "") and ev["features"] not in kinds:
+        e.append(f"config.evals.{name}.features: {ev['features']!r} is not an image "
+                 f"representation of {c.objective!r} (it offers '' and {sorted(kinds)})")
   from flip_jax import evaluate
   e.extend(evaluate.validate(c.evals))
   return e

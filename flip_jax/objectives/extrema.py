@@ -150,9 +150,26 @@ class Extrema(Objective):
             "image2": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
   def image_features(self, model, images):
-    """The EMA teacher's instance representation (class-attention output, before the
-    projector), unmasked."""
+    """The EMA teacher's instance representation (class-attention output after its final
+    LayerNorm, before the projector), unmasked."""
     return model.teacher.represent(images).astype(jnp.float32)
+
+  def image_feature_kinds(self):
+    """'teacher_prenorm': what the official linear evaluation reads (`main_lincls.py`
+    loads the momentum encoder with --eval_momentum and sets `model.norm = nn.Identity()`,
+    a BatchNorm in the probe instead); 'student' / 'student_prenorm': the same of the
+    student."""
+    return {"teacher": self.image_features, "teacher_prenorm": self.teacher_prenorm,
+            "student": self.student_features, "student_prenorm": self.student_prenorm}
+
+  def teacher_prenorm(self, model, images):
+    return model.teacher.represent(images, norm=False).astype(jnp.float32)
+
+  def student_features(self, model, images):
+    return model.student.represent(images).astype(jnp.float32)
+
+  def student_prenorm(self, model, images):
+    return model.student.represent(images, norm=False).astype(jnp.float32)
 
   def flops_per_sample(self):
     """Matmul FLOPs per image: forward + backward of the student's K masked copies (with

@@ -6,11 +6,9 @@ the common `config.mask_ratio`. Lengths are in samples: ImageNet-1k epochs of 1,
 """
 import ml_collections
 
-from flip_jax.config_base import base_config
+from flip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base_config
 
 IMAGENET_EPOCH = 1_281_167
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # config argument -> (mask ratio, number of disjoint masks)
 MASKINGS = {"80x5": (0.8, 5), "90x8": (0.9, 8)}
 
