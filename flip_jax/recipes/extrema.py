@@ -21,6 +21,9 @@ def section(**overrides) -> ml_collections.ConfigDict:
       layer_scale=0.1,      # their layer-scale init
       proj_hidden=4096, proj_dim=256, proj_layers=3,   # projector (student and EMA teacher)
       pred_hidden=4096, pred_layers=2,                 # predictor (student only)
+      # 'byol': 2 - 2 cos (the paper's); 'infonce': the official --loss infonce, the batch's
+      # other targets as negatives, at `temperature` (official --contrast-temp, default 1).
+      loss="byol", temperature=1.0,
   ))
   s.update(overrides)
   return s
