@@ -34,7 +34,10 @@ def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.objective = "extrema"
   c.model.type = "extrema"    # built by the objective (student, predictor, EMA teacher)
   c.model.embed_dim = 0       # unused: the projector's width is extrema.proj_dim
-  c.model.image.update(cls_token=False, pool="none", pos_emb="sincos2d", ln_post=False)
+  # vits.py: xavier-uniform Linear layers (the fused [D, 3D] qkv: 'flip''s q/k/v init) and
+  # patch kernel (flattened), as flip_jax.models.inits 'flip'.
+  c.model.image.update(cls_token=False, pool="none", pos_emb="sincos2d", ln_post=False,
+                       init="flip")
   c.data.format = "two_views"
   c.tokenizer = ""            # no text
   c.extrema = section()
