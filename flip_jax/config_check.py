@@ -34,7 +34,7 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.model.image.pool: {c.model.image.pool!r} not in {POOLS}")
   if c.model.image.pos_emb not in POS_EMBS:
     e.append(f"config.model.image.pos_emb: {c.model.image.pos_emb!r} not in {POS_EMBS}")
-  for tower, schemes in (("image", inits.SCHEMES), ("text", ("default", "flip"))):
+  for tower, schemes in (("image", tuple(inits.SCHEMES)), ("text", ("default", "flip"))):
     if c.model[tower].get("init", "default") not in schemes:
       e.append(f"config.model.{tower}.init: {c.model[tower].init!r} not in {schemes}")
   if c.dtype != "auto" and c.dtype not in DTYPES:

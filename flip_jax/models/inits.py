@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 xavier = jax.nn.initializers.xavier_uniform()
-SCHEMES = ("default", "flip", "beit")
 
 
 class BlockInits(NamedTuple):
@@ -70,16 +69,30 @@ def block_inits(base: BlockInits, layer: int, depth_rescale: bool) -> BlockInits
   return base._replace(out=scaled(base.out, factor), fc2=scaled(base.fc2, factor))
 
 
-def scheme(name: str, init_std: float = 0.02) -> TowerInits:
+def _default(init_std: float) -> TowerInits:
+  del init_std
   normal = jax.nn.initializers.normal
-  if name == "default":
-    return TowerInits(BlockInits(), jax.nn.initializers.lecun_normal(), normal(1e-6),
-                      normal(0.02), normal(0.02), normal(0.01), False)
-  if name == "flip":
-    qkv = jax.nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
-    return TowerInits(BlockInits(qkv=qkv), xavier, normal(0.02), normal(0.02), normal(0.02),
-                      normal(0.02), False)
-  if name == "beit":
-    t = trunc_normal_1sd(init_std)
-    return TowerInits(BlockInits(t, t, t, t), t, t, t, t, t, True)
-  raise ValueError(f"init must be one of {SCHEMES}, got {name!r}")
+  return TowerInits(BlockInits(), jax.nn.initializers.lecun_normal(), normal(1e-6),
+                    normal(0.02), normal(0.02), normal(0.01), False)
+
+
+def _flip(init_std: float) -> TowerInits:
+  del init_std
+  normal = jax.nn.initializers.normal(0.02)
+  qkv = jax.nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+  return TowerInits(BlockInits(qkv=qkv), xavier, normal, normal, normal, normal, False)
+
+
+def _beit(init_std: float) -> TowerInits:
+  t = trunc_normal_1sd(init_std)
+  return TowerInits(BlockInits(t, t, t, t), t, t, t, t, t, True)
+
+
+SCHEMES: dict[str, Callable[[float], TowerInits]] = {
+    "default": _default, "flip": _flip, "beit": _beit}
+
+
+def scheme(name: str, init_std: float = 0.02) -> TowerInits:
+  if name not in SCHEMES:
+    raise ValueError(f"init must be one of {tuple(SCHEMES)}, got {name!r}")
+  return SCHEMES[name](init_std)
