@@ -3,8 +3,9 @@
   python -m flip_jax.main --config=configs/flip_b16.py \
       --config.data.data_dir='gs://BUCKET/laion400m/{00000..41407}.tar' --workdir=gs://...
 
-Argument `unmasked`: the unmasked-tuning recipe (mask 0, lr 4e-8 per 256, 0.4 epoch,
-params from --config.init_from=PRETRAIN_WORKDIR, optimizer state dropped).
+Argument `unmasked`: the unmasked-tuning recipe of the official README (mask 0, lr 4e-8 per
+256, 100 virtual ImageNet epochs with 20 of warmup, params from
+--config.init_from=PRETRAIN_WORKDIR, optimizer state dropped).
 """
 from flip_jax.recipes import flip as flip_recipe
 

@@ -8,6 +8,8 @@ import ml_collections
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
       # attention of the tower (and its 'map'/class-attention pooling): 'auto' (cuDNN flash
       # attention on an NVIDIA GPU where it applies, else XLA) | 'xla' | 'cudnn'
       attn_impl="auto",
+      init="default",       # initialisation scheme: 'default' | 'flip' | 'beit' (models/inits.py)
+      init_std=0.02,        # 'beit': std of its truncated-normal init
   ))
   c.model.text = ml_collections.ConfigDict(dict(
       width=512, depth=12, heads=8, mlp_dim=2048,
@@ -54,6 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       remat="none",
       attn_impl="auto",     # as model.image.attn_impl (padding goes to cuDNN as lengths)
+      init="default",       # initialisation scheme: 'default' | 'flip' (models/inits.py)
+      # A non-causal tower masks the keys at pad_id (official FLIP does not: False).
+      padding_mask=True,
+      # The tokenizer's template ([CLS] ... [SEP] for BERT WordPiece); False: word pieces
+      # only, padded with pad_id (official FLIP's tf_text BertTokenizer).
+      special_tokens=True,
   ))
   c.model.swin = ml_collections.ConfigDict(dict(  # SwinV2 (models/swin.py)
       variant="B",          # 'T|S|B|L|H|g|G' or 'custom' (then embed_dim/depths/heads below)
@@ -152,6 +162,9 @@ def base_config() -> ml_collections.ConfigDict:
       layer_scale=0.1,      # their layer-scale init
       proj_hidden=4096, proj_dim=256, proj_layers=3,   # projector (student and EMA teacher)
       pred_hidden=4096, pred_layers=2,                 # predictor (student only)
+      # 'byol': 2 - 2 cos (the paper's); 'infonce': the official --loss infonce, the batch's
+      # other targets as negatives, at `temperature` (official --contrast-temp, default 1).
+      loss="byol", temperature=1.0,
   ))
   # SimMIM (objectives/simmim.py).
   c.simmim = ml_collections.ConfigDict(dict(

@@ -5,7 +5,7 @@ import ml_collections
 
 from flip_jax import evaluate, sharding
 from flip_jax.data.pipeline import FORMATS
-from flip_jax.models import DTYPES
+from flip_jax.models import DTYPES, inits
 from flip_jax.models.attention import IMPLS as ATTENTION_IMPLS
 from flip_jax.models.vit import POOLS, POS_EMBS, parse_variant
 
@@ -40,6 +40,9 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     if c.model[tower].attn_impl not in ATTENTION_IMPLS:
       e.append(f"config.model.{tower}.attn_impl: {c.model[tower].attn_impl!r} not in "
                f"{ATTENTION_IMPLS}")
+  for tower, schemes in (("image", tuple(inits.SCHEMES)), ("text", ("default", "flip"))):
+    if c.model[tower].init not in schemes:
+      e.append(f"config.model.{tower}.init: {c.model[tower].init!r} not in {schemes}")
   if c.dtype != "auto" and c.dtype not in DTYPES:
     e.append(f"config.dtype: {c.dtype!r} not 'auto' or one of {sorted(DTYPES)}")
   if c.text_len < 1:
@@ -75,7 +78,13 @@ def _errors(config: ml_collections.ConfigDict, num_devices: int,
     e.append(f"config.objective: unknown {c.objective!r}; registered: "
              f"{sorted(objectives.REGISTRY)}")
   elif not any(m.startswith("config.dtype") for m in e):
-    e.extend(objectives.REGISTRY[c.objective](c).validate())
+    objective = objectives.REGISTRY[c.objective](c)
+    e.extend(objective.validate())
+    kinds = objective.image_feature_kinds()
+    for name, ev in c.evals.items():
+      if ev.get("features", "") and ev["features"] not in kinds:
+        e.append(f"config.evals.{name}.features: {ev['features']!r} is not an image "
+                 f"representation of {c.objective!r} (it offers '' and {sorted(kinds)})")
   e.extend(evaluate.validate(c.evals))
   return e
 

@@ -125,12 +125,11 @@ def block_mask(rng, batch: int, grid, num_masked: int, *, min_block: int = 16,
   return jax.vmap(one)(jax.random.split(rng, batch))
 
 
-def checkerboard_mask(batch: int, grid):
-  """EVA's fixed validation mask: bool [B, H*W], True where row + column is even, so
-  every other patch is masked and every masked patch has visible 4-neighbours."""
-  height, width = _grid(grid)
-  board = (jnp.arange(height)[:, None] + jnp.arange(width)[None, :]) % 2 == 0
-  return jnp.broadcast_to(board.reshape(-1), (batch, height * width))
+def alternate_mask(batch: int, num_patches: int):
+  """EVA's fixed validation mask: bool [B, L], True at the even positions of the flattened
+  (row-major) patch sequence, as `evaluate_pt` sets `bool_masked_pos[:, 0::2] = 1`. On a grid
+  of even width (EVA's 16x16) that is every other column: columns 0, 2, 4, ... masked."""
+  return jnp.broadcast_to(jnp.arange(num_patches) % 2 == 0, (batch, num_patches))
 
 
 # ------------------------------------------------------------------ square grid (SimMIM)

@@ -215,11 +215,11 @@ def test_teacher_grid_resampled_or_refused(hf_teacher):
 
 # ------------------------------------------------------------------ step, validation
 
-def test_validation_loss_uses_the_checkerboard(flip_teacher):
+def test_validation_loss_uses_the_alternate_mask(flip_teacher):
   path, _ = flip_teacher
   trainer, state, obj = model_and_objective(tiny_eva_config(path))
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 32, 32, 3)), jnp.float32)
-  board = masking.checkerboard_mask(4, 4)
+  board = masking.alternate_mask(4, 16)
 
   @jax.jit
   def run(state, x):

@@ -15,9 +15,11 @@ from helpers import load_config
 
 
 def tiny_config(**overrides):
+  """extrema_debug shrunk, with the paper's BYOL loss and 75% x 4 masks."""
   c = load_config("extrema_debug")
   c.model.image.update(width=32, depth=2, heads=2, mlp_dim=64)
-  c.extrema.update(proj_hidden=48, proj_dim=16, pred_hidden=40)
+  c.mask_ratio = 0.75
+  c.extrema.update(num_masks=4, proj_hidden=48, proj_dim=16, pred_hidden=40, loss="byol")
   c.batch_size = 8
   c.total_samples = 8 * 10
   c.dtype = "float32"
@@ -148,6 +150,22 @@ def test_byol_loss_matches_numpy():
   assert float(mean_cos) == pytest.approx(cos.mean(), rel=1e-5)
 
 
+def test_infonce_loss_matches_numpy():
+  """The official contrastive_loss per mask: CE(q k^T / T, diagonal) * 2T, averaged over K."""
+  rng = np.random.default_rng(1)
+  pred, target, t = rng.normal(size=(5, 3, 8)), rng.normal(size=(5, 8)), 0.2
+  p, z = _np_normalize(pred), _np_normalize(target)
+  ref = 0.0
+  for k in range(3):
+    logits = p[:, k] @ z.T / t
+    logsumexp = np.log(np.exp(logits).sum(1))
+    ref += np.mean(logsumexp - np.diag(logits)) * 2 * t / 3
+  loss, mean_cos = extrema.infonce_loss(jnp.asarray(pred, jnp.float32),
+                                        jnp.asarray(target, jnp.float32), t)
+  assert float(loss) == pytest.approx(ref, rel=1e-5)
+  assert float(mean_cos) == pytest.approx(np.einsum("bkd,bd->bk", p, z).mean(), rel=1e-5)
+
+
 def test_validation_loss_equals_per_mask_numpy_reference():
   """The B*K student pass equals K separate passes (one per mask slice), and the loss is
   the NumPy mean over masks of 2 - 2cos against one teacher target per image."""
@@ -244,6 +262,31 @@ def test_image_features_are_the_teachers_representation(two_steps):
   assert float(jnp.abs(feats - model.student.represent(images)).max()) > 1e-6
 
 
+def test_named_features_for_evaluators(two_steps):
+  """'teacher_prenorm' (official main_lincls: norm = Identity), 'student', and the
+  evaluators' `features` key, checked against the objective by config_check."""
+  trainer, states, _ = two_steps
+  model = trainer.model(states[2])
+  obj = trainer.objective
+  images = jnp.asarray(two_view_batch(trainer.config, seed=5)["image"])
+  pre = obj.teacher_prenorm(model, images)
+  tokens = model.teacher.encoder(images)["tokens"]
+  np.testing.assert_allclose(pre, model.teacher.pool(tokens, norm=False), rtol=1e-6)
+  np.testing.assert_allclose(model.teacher.pool.ln(pre), obj.image_features(model, images),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(obj.student_features(model, images),
+                             model.student.represent(images), rtol=1e-6)
+  features = trainer.features(states[2])
+  np.testing.assert_allclose(features.image(np.asarray(images), "teacher_prenorm"), pre,
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="no image features 'teacher_pre'"):
+    features.image(np.asarray(images), "teacher_pre")
+  c = tiny_config()
+  c.evals = {"k": dict(type="knn", features="studnet")}
+  with pytest.raises(config_check.ConfigError, match=r"config.evals.k.features: 'studnet'"):
+    config_check.validate(c, num_devices=1)
+
+
 def test_teacher_has_no_drop_path_student_does():
   c = tiny_config(**{"model.image.drop_path": 0.3})
   model = objectives.get(c).build(nnx.Rngs(0))
@@ -261,6 +304,8 @@ def test_teacher_has_no_drop_path_student_does():
     ("model.type", "two_towers", "config.model.type"),
     ("extrema.ema_momentum", 1.5, "config.extrema.ema_momentum"),
     ("extrema.proj_dim", 0, "config.extrema.proj_dim"),
+    ("extrema.loss", "mse", "config.extrema.loss: 'mse' not in ['byol', 'infonce']"),
+    ("extrema.temperature", 0.0, "config.extrema.temperature"),
     ("data.color_jitter_p", 1.5, "config.data.color_jitter_p"),
     ("data.color_jitter", (0.4, 0.4, 0.2, 0.7), "config.data.color_jitter"),
 ])
@@ -282,7 +327,8 @@ def test_recipes(two_steps):
   with pytest.raises(ValueError, match="90x8"):
     load_config("extrema_b16", "50x2")
   debug = load_config("extrema_debug")
-  assert (debug.mask_ratio, debug.extrema.num_masks) == (0.75, 4)
+  assert (debug.mask_ratio, debug.extrema.num_masks, debug.extrema.loss) == (0.5, 2, "infonce")
+  assert b16.extrema.loss == "byol" and b16.model.image.init == "flip"
   # layer scales, biases, norms and tokens get no weight decay (timm's add_weight_decay)
   trainer, states, _ = two_steps
   c, params = trainer.config, states[0]["params"]

@@ -219,8 +219,27 @@ def test_open_clip_refuses_a_non_causal_text_tower(tmp_path):
   c.model.image.pool = "cls"
   c.tokenizer = ""
   random_exported(tmp_path / "ours", c)
-  with pytest.raises(ConversionError, match=r"model\.text\.causal=False.*padding"):
+  with pytest.raises(ConversionError, match=r"model\.text\.causal=False with "
+                     r"text\.padding_mask=True.*padding"):
     export.export(str(tmp_path / "ours"), "open_clip", str(tmp_path / "out"))
+
+
+def test_open_clip_maps_a_non_causal_tower_without_padding_mask(tmp_path):
+  """Official FLIP's text tower (non-causal, no padding mask, pooled first) is open_clip's
+  no_causal_mask=True, pool_type='first'."""
+  c = tiny_flip_config()
+  c.model.image.pool = "cls"
+  c.model.text.update(causal=False, padding_mask=False, pool="first")
+  c.tokenizer = ""
+  model = inference.load(random_exported(tmp_path / "ours", c))
+  out = export.export(str(tmp_path / "ours"), "open_clip", str(tmp_path / "oc"))
+  with open(os.path.join(out, "open_clip_config.json")) as f:
+    text_cfg = json.load(f)["model_cfg"]["text_cfg"]
+  assert text_cfg["no_causal_mask"] is True and text_cfg["pool_type"] == "first"
+  back = inference.load(convert("open_clip", out, str(tmp_path / "back")))
+  ids = np.random.default_rng(1).integers(1, 60, (4, 8))
+  ids[:, -3:] = 0  # padding, attended to
+  np.testing.assert_allclose(back.encode_text(ids), model.encode_text(ids), atol=1e-5)
 
 
 # ------------------------------------------------------------------ open_clip

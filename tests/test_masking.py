@@ -131,13 +131,14 @@ def test_block_attempt_counts_only_new_patches():
   assert added.max() <= 6 and (added > 0).any()
 
 
-def test_checkerboard_is_exact():
-  m = np.asarray(masking.checkerboard_mask(3, 4))
-  want = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], bool).reshape(-1)
-  np.testing.assert_array_equal(m, np.broadcast_to(want, (3, 16)))
-  big = np.asarray(masking.checkerboard_mask(1, 16)).reshape(16, 16)
-  assert big.sum() == 128 and not (big[:, 1:] & big[:, :-1]).any()
-  assert not (big[1:] & big[:-1]).any()
+def test_eva_validation_mask_is_the_official_rule():
+  """EVA-01 evaluate_pt: bool_masked_pos[:, 0::2] = 1, [:, 1::2] = 0 on the flattened grid."""
+  m = np.asarray(masking.alternate_mask(3, 256))
+  official = np.zeros((3, 256), bool)
+  official[:, 0::2] = True
+  np.testing.assert_array_equal(m, official)
+  grid = m[0].reshape(16, 16)  # on EVA's 16x16 grid: every other column, in every row
+  assert grid[:, 0::2].all() and not grid[:, 1::2].any() and grid.sum() == 128
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -2,6 +2,10 @@
 token 0, [SEP] last, lower-case WordPiece), from a local tokenizer.json, a hub name, or a
 WordPiece vocab learned from the digits captions and saved in the workdir so that resumed
 runs and evaluation reuse exactly the same vocab.
+
+`config.model.text.special_tokens=False` drops the template: word pieces only, truncated
+and padded with [PAD] (official FLIP: tf_text's BertTokenizer adds no [CLS]/[SEP] and
+`aug.txt.cls_token=False` adds no [CLS] either).
 """
 import os
 import socket
@@ -20,13 +24,16 @@ _EOS_TOKENS = ("[SEP]", "</s>", "<|endoftext|>")
 
 
 class TextTokenizer:
-  """Wraps a `tokenizers.Tokenizer`: pads/truncates to `text_len`, keeping [SEP] last."""
+  """Wraps a `tokenizers.Tokenizer`: pads/truncates to `text_len`, keeping [SEP] last;
+  special_tokens=False removes the post-processor (no template, and `to_str` says so)."""
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, text_len: int):
+  def __init__(self, tokenizer: tokenizers.Tokenizer, text_len: int, special_tokens: bool = True):
     self.pad_id = _first_token_id(tokenizer, _PAD_TOKENS)
     self.eos_id = _first_token_id(tokenizer, _EOS_TOKENS)
     self.vocab_size = tokenizer.get_vocab_size()
     self.text_len = text_len
+    if not special_tokens:
+      tokenizer.post_processor = None
     tokenizer.enable_truncation(max_length=text_len)
     tokenizer.enable_padding(length=text_len, pad_id=self.pad_id,
                              pad_token=tokenizer.id_to_token(self.pad_id))
@@ -137,4 +144,5 @@ def get_tokenizer(config, workdir) -> TextTokenizer:
     tokenizer = tokenizers.Tokenizer.from_str(file.read_text())
   else:
     tokenizer = _load_from_hub(spec)
-  return TextTokenizer(tokenizer, config.text_len)
+  return TextTokenizer(tokenizer, config.text_len,
+                       special_tokens=config.model.text.get("special_tokens", True))

@@ -89,21 +89,24 @@ class Features:
   """
 
   def __init__(self, image_fn, text_fn, graphdef, state, mesh, device_batch: int = 64,
-               loss_fn=None):
+               loss_fn=None, image_kinds=None):
+    """image_kinds: other image representations by name (`image(x, kind=NAME)`)."""
     self.mesh, self.state = mesh, state
     self.batch_size = device_batch * mesh.shape["data"] * mesh.shape["fsdp"]
     self._image = _jitted(image_fn, graphdef)
+    self._kinds = {k: _jitted(fn, graphdef) for k, fn in (image_kinds or {}).items()}
     self._text = _jitted(text_fn, graphdef) if text_fn is not None else None
     self._loss = _jitted(loss_fn, graphdef) if loss_fn is not None else None
 
   @classmethod
   def of_objective(cls, objective, graphdef, state, mesh, device_batch: int = 64
                    ) -> "Features":
-    """The features an objective defines (`image_features`, `text_features` if it has a
-    text tower, `validation_loss`); `state` = (params, extra)."""
+    """The features an objective defines (`image_features` and its other
+    `image_feature_kinds`, `text_features` if it has a text tower, `validation_loss`);
+    `state` = (params, extra)."""
     text = objective.text_features if objective.has_text else None
     return cls(objective.image_features, text, graphdef, state, mesh, device_batch,
-               loss_fn=objective.validation_loss)
+               loss_fn=objective.validation_loss, image_kinds=objective.image_feature_kinds())
 
   def _put(self, x, rows: np.ndarray) -> jax.Array:
     """Global array of `x[rows]`, sharded over the batch; each process reads its rows."""
@@ -130,8 +133,13 @@ class Features:
       gathered = np.asarray(_replicate(self.mesh)(buffer))
     return gathered.reshape(-1, *gathered.shape[2:])[:n].astype(np.float32)
 
-  def image(self, images) -> np.ndarray:
-    return self._run(self._image, images)
+  def image(self, images, kind: str = "") -> np.ndarray:
+    """The default image representation, or the one named `kind`."""
+    if not kind:
+      return self._run(self._image, images)
+    if kind not in self._kinds:
+      raise ValueError(f"no image features {kind!r}; this model offers {sorted(self._kinds)}")
+    return self._run(self._kinds[kind], images)
 
   def text(self, tokens) -> np.ndarray:
     if self._text is None:

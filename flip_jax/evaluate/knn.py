@@ -43,10 +43,12 @@ def knn_scores(test_features, train_features, train_labels, num_classes: int, *,
 @register("knn")
 class KNN(Evaluator):
   """dataset: 'digits' or a TFDS classification set (data_dir, image_key, label_key);
-  neighbours come from train_split, accuracy is measured on test_split."""
+  neighbours come from train_split, accuracy is measured on test_split. features: which
+  image representation ('' = the objective's default; others by name, e.g. ExtreMA's
+  'student' or 'teacher_prenorm')."""
 
   KEYS = dict(dataset="digits", train_split="train", test_split="test", data_dir="",
-              image_key="image", label_key="label", k=20, temperature=0.07)
+              image_key="image", label_key="label", k=20, temperature=0.07, features="")
 
   @classmethod
   def check(cls, name, opts):
@@ -63,8 +65,8 @@ class KNN(Evaluator):
     self.train, self.test = labelled_pair(self, config)
 
   def run(self, features):
-    train_x = features.image(self.train.images)
-    test_x = features.image(self.test.images)
+    train_x = features.image(self.train.images, self.opts["features"])
+    test_x = features.image(self.test.images, self.opts["features"])
     scores = knn_scores(test_x, train_x, self.train.labels, num_classes(self.train, self.test),
                         k=self.opts["k"], temperature=float(self.opts["temperature"]))
     return topk_metrics(scores, self.test.labels)

@@ -94,10 +94,11 @@ def sweep(x, labels, num_classes, wds, val_fraction, seed, max_steps
 @register("linear_probe")
 class LinearProbe(Evaluator):
   """dataset: 'digits' or a TFDS classification set (data_dir, image_key, label_key);
-  fitted on train_split (minus a val_fraction for the wd_sweep), scored on test_split."""
+  fitted on train_split (minus a val_fraction for the wd_sweep), scored on test_split.
+  features: which image representation, as for knn."""
 
   KEYS = dict(dataset="digits", train_split="train", test_split="test", data_dir="",
-              image_key="image", label_key="label",
+              image_key="image", label_key="label", features="",
               wd_sweep=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0), val_fraction=0.2,
               max_steps=500, seed=0)
 
@@ -119,8 +120,8 @@ class LinearProbe(Evaluator):
 
   def run(self, features):
     o = self.opts
-    train_x = features.image(self.train.images)
-    test_x = features.image(self.test.images)
+    train_x = features.image(self.train.images, o["features"])
+    test_x = features.image(self.test.images, o["features"])
     classes = knn.num_classes(self.train, self.test)
     wd, val_top1 = sweep(train_x, self.train.labels, classes, tuple(o["wd_sweep"]),
                          float(o["val_fraction"]), int(o["seed"]), int(o["max_steps"]))

@@ -1,6 +1,6 @@
 """Validation loss: the training objective, made deterministic, on a held-out split.
 
-The objective's `validation_loss` fixes its masks (a fixed seed, or EVA's checkerboard)
+The objective's `validation_loss` fixes its masks (a fixed seed, or EVA's every other patch)
 and turns drop-path off; the batches are the data format's evaluation view at the
 training batch size. This is the proxy metric of the data-scaling study.
 """

@@ -8,9 +8,9 @@ from open_clip 3.3 (`transformer.py`, `model.py`) that decide what is representa
 - every ViT has a class token; pool_type 'tok' takes it, 'avg' averages the patch tokens
   *without* it, so our pool='gap' (mean over all tokens, CLS included) has no equivalent;
 - LayerNorm eps and the activation come from `norm_kwargs` / `quick_gelu` / `act_kwargs`;
-- `no_causal_mask=True` attends to every token: the padding mask of our non-causal text
-  tower (`use_pad_mask`) is not reachable from the model config, so export refuses a
-  non-causal tower, and import gives one with masking off (pad_id=-1);
+- `no_causal_mask=True` attends to every token, padding included: our non-causal tower
+  with `padding_mask=False` (official FLIP's); a padding mask (`use_pad_mask`) is not
+  reachable from the model config, so export refuses a non-causal tower that masks padding;
 - text pool_type 'argmax' = our pool='last' with eos_id=-1, 'eos' = pool='last' with
   eos_id, 'first' = pool='first'.
 """
@@ -32,7 +32,6 @@ from flip_jax.models.from_config import NO_EOS_ID, image_dims
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 TORCH_LN_EPS = 1e-5  # open_clip's LayerNorm is torch's, eps 1e-5 unless norm_kwargs says
-NO_PAD_ID = -1  # a pad id no token has: our non-causal tower then masks nothing
 # Options of open_clip's configs that change the computation and have no equivalent here.
 UNSUPPORTED_VISION = ("timm_model_name", "attentional_pool", "ls_init_value", "block_type",
                       "qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner",
@@ -164,7 +163,7 @@ def config_from_open_clip(model_cfg: dict, *, source: str, preprocess: dict | No
   c.model.text.update(
       width=twidth, depth=t.get("layers", 12), heads=t.get("heads", 8),
       mlp_dim=_mlp_dim(twidth, t.get("mlp_ratio", 4.0)), vocab_size=t.get("vocab_size", 49408),
-      pad_id=NO_PAD_ID if non_causal else t.get("pad_id", 0), causal=not non_causal,
+      pad_id=t.get("pad_id", 0), causal=not non_causal, padding_mask=not non_causal,
       pool="first" if text_pool == "first" else "last",
       eos_id=t.get("eos_id", 2) if text_pool == "eos" else NO_EOS_ID,
       act=_acts(t, "text_cfg", quick, source), ln_eps=_eps(t, "text_cfg", source))
@@ -218,10 +217,10 @@ def check_representable(config: ml_collections.ConfigDict) -> None:
             "all tokens; use pool='cls'")
   if not i.ln_post:
     _refuse("image.ln_post=False", "open_clip always applies ln_post")
-  if not t.causal:
-    _refuse("text.causal=False", "open_clip's no_causal_mask=True lets every token attend "
-            "to padding, and its model config cannot enable the padding mask our "
-            "non-causal tower applies")
+  if not t.causal and t.get("padding_mask", True):
+    _refuse("text.causal=False with text.padding_mask=True", "open_clip's no_causal_mask=True "
+            "lets every token attend to padding, and its model config cannot enable a "
+            "padding mask (padding_mask=False, official FLIP's, exports)")
   if t.pool == "mean":
     _refuse("text.pool='mean'", "open_clip's text pool_type has no mean pooling")
   if (i.act == "quick_gelu") != (t.act == "quick_gelu"):
@@ -251,7 +250,7 @@ def model_config(config: ml_collections.ConfigDict, logit_scale: float) -> dict:
     pool = dict(pool_type="eos", eos_id=t.eos_id)
   text = dict(context_length=config.text_len, vocab_size=t.vocab_size, width=t.width,
               heads=t.heads, layers=t.depth, mlp_ratio=t.mlp_dim / t.width, pad_id=t.pad_id,
-              no_causal_mask=False, norm_kwargs={"eps": t.ln_eps}, **pool,
+              no_causal_mask=not t.causal, norm_kwargs={"eps": t.ln_eps}, **pool,
               **_act_cfg(t.act, "text"))
   return dict(embed_dim=config.model.embed_dim, quick_gelu=i.act == "quick_gelu",
               init_logit_scale=logit_scale, vision_cfg=vision, text_cfg=text)

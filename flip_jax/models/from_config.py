@@ -36,6 +36,7 @@ def image_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 def text_kwargs(config: ml_collections.ConfigDict) -> dict:
   text = dict(config.model.text)
+  text.pop("special_tokens", None)  # the tokenizer's (data/tokenizer.py), not the model's
   text["max_len"] = config.text_len
   # ConfigDict overrides need a typed default, so "no EOS id" is -1 there and None here.
   text["eos_id"] = None if text.get("eos_id", NO_EOS_ID) == NO_EOS_ID else text["eos_id"]

@@ -65,13 +65,14 @@ class ClassAttentionPool(nnx.Module):
         for _ in range(depth)])
     self.ln = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
 
-  def __call__(self, tokens):
-    """tokens [B, T, D] -> [B, D]."""
+  def __call__(self, tokens, *, norm: bool = True):
+    """tokens [B, T, D] -> [B, D]; norm=False leaves out the final LayerNorm (what
+    ExtreMA's linear evaluation reads)."""
     cls = jnp.broadcast_to(self.cls_token[...].astype(tokens.dtype),
                            (tokens.shape[0], 1, tokens.shape[-1]))
     for block in self.blocks:
       cls = block(cls, tokens)
-    return self.ln(cls)[:, 0]
+    return (self.ln(cls) if norm else cls)[:, 0]
 
 
 class MlpHead(nnx.Module):

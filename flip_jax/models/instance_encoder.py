@@ -27,10 +27,11 @@ class InstanceEncoder(nnx.Module):
     self.projector = MlpHead(width, proj_hidden, proj_dim, rngs=rngs, num_layers=proj_layers,
                              dtype=dtype)
 
-  def represent(self, images, *, keep_indices=None, rng=None):
-    """The instance representation [B', width] (B' = B, or B*M for keep_indices [B, M, k])."""
+  def represent(self, images, *, keep_indices=None, rng=None, norm: bool = True):
+    """The instance representation [B', width] (B' = B, or B*M for keep_indices [B, M, k]);
+    norm=False: before the pooler's final LayerNorm."""
     tokens = self.encoder(images, keep_indices=keep_indices, rng=rng)["tokens"]
-    return self.pool(tokens)
+    return self.pool(tokens, norm=norm)
 
   def __call__(self, images, *, keep_indices=None, rng=None):
     """Projected embedding [B', proj_dim]."""

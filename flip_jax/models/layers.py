@@ -16,6 +16,7 @@ from flax import nnx
 
 from flip_jax import sharding
 from flip_jax.models import attention
+from flip_jax.models.inits import BlockInits, block_inits
 
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -85,7 +86,7 @@ class Attention(nnx.Module):
   flip_jax/models/attention.py); None = 'auto'."""
 
   def __init__(self, width: int, heads: int, *, rngs, dtype=jnp.float32, impl: str | None = None,
-               kv_width: int | None = None):
+               kv_width: int | None = None, qkv_init=xavier, out_init=xavier):
     if width % heads:
       raise ValueError(f"width {width} is not divisible by heads {heads}")
     impl = impl or "auto"
@@ -95,11 +96,12 @@ class Attention(nnx.Module):
     hd = width // heads
     kv_width = kv_width or width
     self.heads, self.impl, self.dtype = heads, impl, dtype
-    mk = functools.partial(Dense, rngs=rngs, dtype=dtype)
+    mk = functools.partial(Dense, rngs=rngs, dtype=dtype, init=qkv_init)
     self.q = mk((width,), (heads, hd), ("embed",), ("heads", "kv"))
     self.k = mk((kv_width,), (heads, hd), ("embed",), ("heads", "kv"))
     self.v = mk((kv_width,), (heads, hd), ("embed",), ("heads", "kv"))
-    self.out = mk((heads, hd), (width,), ("heads", "kv"), ("embed",))
+    self.out = Dense((heads, hd), (width,), ("heads", "kv"), ("embed",), rngs=rngs, dtype=dtype,
+                     init=out_init)
 
   def __call__(self, x, kv=None, *, mask=None, causal=False):
     """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
@@ -110,10 +112,13 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-  def __init__(self, width: int, mlp_dim: int, *, rngs, act: str = "gelu", dtype=jnp.float32):
+  def __init__(self, width: int, mlp_dim: int, *, rngs, act: str = "gelu", dtype=jnp.float32,
+               fc1_init=xavier, fc2_init=xavier):
     self.act = ACTIVATIONS[act]
-    self.fc1 = Dense((width,), (mlp_dim,), ("embed",), ("mlp",), rngs=rngs, dtype=dtype)
-    self.fc2 = Dense((mlp_dim,), (width,), ("mlp",), ("embed",), rngs=rngs, dtype=dtype)
+    self.fc1 = Dense((width,), (mlp_dim,), ("embed",), ("mlp",), rngs=rngs, dtype=dtype,
+                     init=fc1_init)
+    self.fc2 = Dense((mlp_dim,), (width,), ("mlp",), ("embed",), rngs=rngs, dtype=dtype,
+                     init=fc2_init)
 
   def __call__(self, x):
     h = self.act(self.fc1(x))
@@ -133,12 +138,14 @@ class Block(nnx.Module):
   """Pre-LN transformer block: x + attn(ln1(x)); x + mlp(ln2(x))."""
 
   def __init__(self, width, heads, mlp_dim, *, rngs, act="gelu", drop_path=0.0, ln_eps=1e-6,
-               dtype=jnp.float32, attn_impl=None):
+               dtype=jnp.float32, attn_impl=None, inits: BlockInits = BlockInits()):
     self.drop_path_rate = drop_path
     self.ln1 = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
-    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype, impl=attn_impl)
+    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype, impl=attn_impl,
+                          qkv_init=inits.qkv, out_init=inits.out)
     self.ln2 = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
-    self.mlp = Mlp(width, mlp_dim, rngs=rngs, act=act, dtype=dtype)
+    self.mlp = Mlp(width, mlp_dim, rngs=rngs, act=act, dtype=dtype, fc1_init=inits.fc1,
+                   fc2_init=inits.fc2)
 
   def __call__(self, x, rng=None, *, mask=None, causal=False):
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
@@ -155,17 +162,20 @@ REMAT_POLICIES = {
 
 
 class Encoder(nnx.Module):
-  """A stack of blocks; drop-path grows linearly with depth (0 at the first block)."""
+  """A stack of blocks; drop-path grows linearly with depth (0 at the first block).
+  inits: the blocks' kernel initialisers; depth_rescale: EVA's fix_init_weight on top."""
 
   def __init__(self, depth, width, heads, mlp_dim, *, rngs, act="gelu", drop_path=0.0,
-               ln_eps=1e-6, dtype=jnp.float32, remat="none", attn_impl=None):
+               ln_eps=1e-6, dtype=jnp.float32, remat="none", attn_impl=None,
+               inits: BlockInits = BlockInits(), depth_rescale: bool = False):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
     self.remat = remat
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     self.blocks = nnx.List([
         Block(width, heads, mlp_dim, rngs=rngs, act=act, drop_path=r, ln_eps=ln_eps,
-              dtype=dtype, attn_impl=attn_impl) for r in rates])
+              dtype=dtype, attn_impl=attn_impl, inits=block_inits(inits, i, depth_rescale))
+        for i, r in enumerate(rates)])
 
   def __call__(self, x, rng=None, *, mask=None, causal=False):
     for i, block in enumerate(self.blocks):

@@ -18,6 +18,7 @@ from flax import nnx
 
 from flip_jax import sharding
 from flip_jax.models import heads as heads_lib
+from flip_jax.models import inits as inits_lib
 from flip_jax.models.layers import Dense, Encoder, LayerNorm, param
 
 # name -> (width, depth, heads, mlp_dim)
@@ -89,8 +90,9 @@ class VisionTransformer(nnx.Module):
                cls_token: bool = True, ln_pre: bool = False, pool: str = "gap",
                ln_post: bool = True, act: str = "gelu", drop_path: float = 0.0,
                remat: str = "none", mask_token: bool = False, ln_eps: float = 1e-6,
-               patch_bias: bool = True, attn_impl: str | None = None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               patch_bias: bool = True, attn_impl: str | None = None, init: str = "default",
+               init_std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
+    """init / init_std: the initialisation scheme (flip_jax.models.inits)."""
     width, depth, heads, mlp_dim, self.patch = vit_dims(variant, width, depth, heads, mlp_dim)
     if not all((width, depth, heads, mlp_dim)):
       raise ValueError("a 'custom' ViT needs width, depth, heads and mlp_dim")
@@ -109,21 +111,19 @@ class VisionTransformer(nnx.Module):
     # What a pixel decoder or a classifier head needs of any encoder (see SwinTransformerV2).
     self.num_features, self.stride = width, self.patch
     self.pos_emb_type = pos_emb
+    inits = inits_lib.scheme(init, init_std)
     p = self.patch
     self.patch_embed = Dense((p, p, 3), (width,), (None, None, None), ("embed",), rngs=rngs,
-                             dtype=dtype, use_bias=patch_bias,
-                             init=jax.nn.initializers.lecun_normal())
+                             dtype=dtype, use_bias=patch_bias, init=inits.patch)
     n_pos = self.num_patches + int(cls_token)
     if pos_emb == "learned":
-      self.pos_emb = param(rngs, jax.nn.initializers.normal(0.02), (n_pos, width),
-                           ("length", "embed"))
-    self.cls_token = (param(rngs, jax.nn.initializers.normal(1e-6), (width,), ("embed",))
-                      if cls_token else None)
-    self.mask_token = (param(rngs, jax.nn.initializers.normal(0.02), (width,), ("embed",))
-                       if mask_token else None)
+      self.pos_emb = param(rngs, inits.pos, (n_pos, width), ("length", "embed"))
+    self.cls_token = param(rngs, inits.cls, (width,), ("embed",)) if cls_token else None
+    self.mask_token = param(rngs, inits.mask, (width,), ("embed",)) if mask_token else None
     self.ln_pre = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_pre else None
     self.encoder = Encoder(depth, width, heads, mlp_dim, rngs=rngs, act=act, drop_path=drop_path,
-                           ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl)
+                           ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl,
+                           inits=inits.block, depth_rescale=inits.depth_rescale)
     self.ln_post = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_post else None
     self.map_head = (heads_lib.AttentionPool(width, heads, mlp_dim, rngs=rngs, dtype=dtype,
                                              ln_eps=ln_eps, attn_impl=attn_impl)

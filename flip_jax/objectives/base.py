@@ -86,7 +86,7 @@ class Objective:
   def validation_loss(self, model: nnx.Module, batch: dict
                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss made deterministic for held-out data: fixed masks (a fixed seed,
-    or EVA's checkerboard), no drop-path. The proxy metric of the data-scaling study."""
+    or EVA's alternate patches), no drop-path. The proxy metric of the data-scaling study."""
     raise NotImplementedError(f"{self.name} defines no validation loss")
 
   def lr_scales(self, params: Any) -> Any | None:
@@ -102,6 +102,11 @@ class Objective:
   def image_features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Unmasked, deterministic image representation used by evaluators."""
     raise NotImplementedError
+
+  def image_feature_kinds(self) -> dict[str, Callable]:
+    """Other image representations evaluators may ask for by name (the `features` key of
+    knn / linear_probe), as name -> fn(model, images). Default: none."""
+    return {}
 
   def text_features(self, model: nnx.Module, tokens: jax.Array) -> jax.Array:
     raise NotImplementedError(f"{self.name} has no text tower")

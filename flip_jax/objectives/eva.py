@@ -24,7 +24,7 @@ from flax import nnx
 
 from flip_jax import masking, trees
 from flip_jax.interop import teacher as teacher_lib
-from flip_jax.models import from_config, layers
+from flip_jax.models import from_config, inits, layers
 from flip_jax.models.frozen import freeze
 from flip_jax.models.image_tower import ImageTower, embed_patches, l2_normalize
 from flip_jax.models.layers import Dense
@@ -47,12 +47,14 @@ class EvaModel(nnx.Module):
 
   def __init__(self, *, image: dict, image_size: int, teacher: dict, teacher_size: int,
                teacher_embed_dim: int, dtype=jnp.float32, rngs: nnx.Rngs):
+    """The head is initialised as the student's Linear layers (its `init` scheme's fc1)."""
     self.image = VisionTransformer(image_size=image_size, dtype=dtype, rngs=rngs, **image)
     self.teacher = freeze(ImageTower(image=teacher, embed_dim=teacher_embed_dim,
                                      image_size=teacher_size, dtype=dtype, rngs=rngs))
     target_dim = teacher_embed_dim or self.teacher.image.width
+    head_init = inits.scheme(image.get("init", "default"), image.get("init_std", 0.02)).block.fc1
     self.head = Dense((self.image.width,), (target_dim,), ("embed",), ("mlp",), rngs=rngs,
-                      dtype=dtype)
+                      dtype=dtype, init=head_init)
 
   def predict(self, images, mask, rng=None):
     """Predicted teacher features at every patch [B, L, D] float32 (only masked ones count)."""
@@ -219,9 +221,10 @@ class Eva(Objective):
     return self._loss(model, batch["image"], mask, r_drop)
 
   def validation_loss(self, model, batch):
-    """EVA's validation: the fixed checkerboard mask, no drop-path."""
+    """EVA's validation (`evaluate_pt`): every other patch of the flattened grid masked
+    (masking.alternate_mask), no drop-path."""
     images = batch["image"]
-    return self._loss(model, images, masking.checkerboard_mask(images.shape[0], self.grid),
+    return self._loss(model, images, masking.alternate_mask(images.shape[0], self.grid ** 2),
                       None)
 
   def _loss(self, model, images, mask, rng):

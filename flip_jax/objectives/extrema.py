@@ -4,7 +4,9 @@ The student (ViT without input class token -> class-attention pooling -> project
 predictor) encodes K disjoint masked copies of the first view, each keeping
 int(L(1-r)) patches: B*K short sequences. The teacher, an EMA of the student's encoder,
 pooling and projector, encodes the unmasked second view once per image. Loss: the mean
-over the K copies of 2 - 2 cos(prediction, target), not symmetrised. The teacher's
+over the K copies of 2 - 2 cos(prediction, target), not symmetrised; or, as the official
+`--loss infonce` (`builder.contrastive_loss`), per copy the InfoNCE of the predictions
+against the whole batch's targets at temperature T, times 2T. The teacher's
 weights are `ema.EmaParam`s (trainer `extra`), updated after every optimizer step with
 the cosine momentum schedule; its class-attention output is the representation that
 evaluators see.
@@ -15,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from flip_jax import masking
@@ -48,6 +51,24 @@ def byol_loss(pred, target):
   return (2.0 - 2.0 * cos).mean(), cos.mean()
 
 
+def infonce_loss(pred, target, temperature: float):
+  """pred [B, K, D], target [B, D] -> (mean over k of InfoNCE(pred_k, targets) * 2T, mean
+  positive cos): every other image's target is a negative (over the global batch, as the
+  official code all-gathers them)."""
+  p, z = l2_normalize(pred), l2_normalize(target)
+  logits = jnp.einsum("bkd,cd->kbc", p, z) / temperature
+  labels = jnp.broadcast_to(jnp.arange(p.shape[0]), logits.shape[:2])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return ce.mean() * 2.0 * temperature, jnp.einsum("bkd,bd->bk", p, z).mean()
+
+
+# config.extrema.loss -> fn(pred [B, K, D], target [B, D], config.extrema) -> (loss, mean cos)
+LOSSES = {
+    "byol": lambda pred, target, e: byol_loss(pred, target),
+    "infonce": lambda pred, target, e: infonce_loss(pred, target, e.temperature),
+}
+
+
 @register("extrema")
 class Extrema(Objective):
 
@@ -73,6 +94,10 @@ class Extrema(Objective):
       except ValueError as err:  # a bad variant is reported by config_check
         if "variant" not in str(err):
           errors.append(f"config.extrema.num_masks / config.mask_ratio: {err}")
+    if e.loss not in LOSSES:
+      errors.append(f"config.extrema.loss: {e.loss!r} not in {sorted(LOSSES)}")
+    if not e.temperature > 0:
+      errors.append(f"config.extrema.temperature: must be > 0, got {e.temperature}")
     if not 0.0 <= e.ema_momentum <= 1.0:
       errors.append(f"config.extrema.ema_momentum: must be in [0, 1], got {e.ema_momentum}")
     for key in ("pool_depth", "proj_hidden", "proj_dim", "proj_layers", "pred_hidden",
@@ -122,7 +147,7 @@ class Extrema(Objective):
                                             c.mask_ratio, c.extrema.num_masks)
     pred = model.predictor(model.student(images, keep_indices=keep, rng=r_drop))
     target = jax.lax.stop_gradient(model.teacher(batch["image2"]))
-    loss, cos = byol_loss(pred.reshape(b, keep.shape[1], -1), target)
+    loss, cos = LOSSES[c.extrema.loss](pred.reshape(b, keep.shape[1], -1), target, c.extrema)
     z = l2_normalize(target)
     # Collapse monitor: per-dimension std of the normalised targets (0 when collapsed).
     return loss, {"cos": cos, "target_std": z.std(axis=0).mean(),
@@ -144,9 +169,26 @@ class Extrema(Objective):
             "image2": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
   def image_features(self, model, images):
-    """The EMA teacher's instance representation (class-attention output, before the
-    projector), unmasked."""
+    """The EMA teacher's instance representation (class-attention output after its final
+    LayerNorm, before the projector), unmasked."""
     return model.teacher.represent(images).astype(jnp.float32)
+
+  def image_feature_kinds(self):
+    """'teacher_prenorm': what the official linear evaluation reads (`main_lincls.py`
+    loads the momentum encoder with --eval_momentum and sets `model.norm = nn.Identity()`,
+    a BatchNorm in the probe instead); 'student' / 'student_prenorm': the same of the
+    student."""
+    return {"teacher": self.image_features, "teacher_prenorm": self.teacher_prenorm,
+            "student": self.student_features, "student_prenorm": self.student_prenorm}
+
+  def teacher_prenorm(self, model, images):
+    return model.teacher.represent(images, norm=False).astype(jnp.float32)
+
+  def student_features(self, model, images):
+    return model.student.represent(images).astype(jnp.float32)
+
+  def student_prenorm(self, model, images):
+    return model.student.represent(images, norm=False).astype(jnp.float32)
 
   def flops_per_sample(self):
     """Matmul FLOPs per image: forward + backward of the student's K masked copies (with

@@ -5,12 +5,23 @@ tower) and `config.mask` (block masking), both declared in flip_jax/config_base.
 Lengths are in samples. The paper trains 150 epochs on Merged-30M (29.6M images: IN-21K,
 CC12M, CC3M, Object365, COCO, ADE20K), warmup 2 epochs; that set is not public, so the
 data section points at ImageNet-1K in TFDS, which the user replaces.
+
+As the official code: the student is initialised as BEiT's `modeling_pretrain.py`
+(trunc-normal with `init_std` 0.02 on every Linear/Conv, the tokens and the positions,
+then `fix_init_weight`: block i's attention output and fc2 divided by sqrt(2 (i + 1));
+'beit' in flip_jax/models/inits.py); weight decay spares 1-D params, biases and the
+model's `no_weight_decay()` {pos_embed, cls_token} (`optim_factory.get_parameter_groups`),
+so the mask token, a [1, 1, D] tensor there, is decayed; the validation loss masks every
+other patch of the flattened grid (`engine_for_pretraining.evaluate_pt`:
+`bool_masked_pos[:, 0::2] = 1`).
 """
 import ml_collections
 
 from flip_jax.config_base import base_config
 
 MERGED_30M = 29_600_000  # images in EVA's pre-training set (paper, Table 2)
+# Our class token, mask token and LayerNorm scales are all 1-D: name what EVA exempts.
+NO_DECAY = (r"(^|/)bias$", r"(^|/)scale$", r"pos_emb", r"cls_token")
 
 
 def eva_base() -> ml_collections.ConfigDict:
@@ -21,7 +32,8 @@ def eva_base() -> ml_collections.ConfigDict:
   c.model.type = "image_tower"  # the student: a ViT without projection
   c.model.embed_dim = 0  # the prediction head's width is the teacher's feature width
   c.model.image.update(pos_emb="learned", cls_token=True, mask_token=True, pool="gap",
-                       ln_pre=False, ln_post=True, act="gelu")
+                       ln_pre=False, ln_post=True, act="gelu", init="beit", init_std=0.02)
+  c.optim.no_decay = NO_DECAY
   c.tokenizer = ""
   c.data.format = "image"
   c.mask.update(num_masked=105, min_block=16)
@@ -44,7 +56,7 @@ def paper_config(arg=None) -> ml_collections.ConfigDict:
                  end_lr_ratio=1e-5 / 1e-3)
   c.log_every_steps = 200
   c.ckpt_every_steps = 2000
-  # EVA's validation loss: ImageNet val images, checkerboard mask.
+  # EVA's validation loss: ImageNet val images, every other patch masked.
   c.evals.val_loss = dict(type="val_loss", every_steps=5000, dataset="imagenet2012",
                           split="validation[:4096]", batch_size=512)
   return c

@@ -6,11 +6,9 @@ the common `config.mask_ratio`. Lengths are in samples: ImageNet-1k epochs of 1,
 """
 import ml_collections
 
-from flip_jax.config_base import base_config
+from flip_jax.config_base import IMAGENET_MEAN, IMAGENET_STD, base_config
 
 IMAGENET_EPOCH = 1_281_167
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # config argument -> (mask ratio, number of disjoint masks)
 MASKINGS = {"80x5": (0.8, 5), "90x8": (0.9, 8)}
 
@@ -20,7 +18,10 @@ def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.objective = "extrema"
   c.model.type = "extrema"    # built by the objective (student, predictor, EMA teacher)
   c.model.embed_dim = 0       # unused: the projector's width is extrema.proj_dim
-  c.model.image.update(cls_token=False, pool="none", pos_emb="sincos2d", ln_post=False)
+  # vits.py: xavier-uniform Linear layers (the fused [D, 3D] qkv: 'flip''s q/k/v init) and
+  # patch kernel (flattened), as flip_jax.models.inits 'flip'.
+  c.model.image.update(cls_token=False, pool="none", pos_emb="sincos2d", ln_post=False,
+                       init="flip")
   c.data.format = "two_views"
   c.tokenizer = ""            # no text
   # timm's add_weight_decay: no decay on 1-D params (biases, norms, layer scales) and tokens.
