@@ -291,11 +291,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
   # The loop's logging needs clu (and so TensorFlow); the step above does not, so the
   # benchmark and the planner import this module without them.
   from clu import periodic_actions
-  from flip_jax import data, writers
+  from flip_jax import compile_cache, data, writers
 
   # ---- set-up ----------------------------------------------------------
   config_check.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
+  compile_cache.enable(config, workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = setup_tokenizer(config, workdir) if config.get("tokenizer") else None
@@ -339,7 +340,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
     for step in range(start + 1, end + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(mesh, next(data_iter))
+        t_step = time.time()
         state, metrics = trainer.step(state, batch)
+      if step == start + 1:  # trace + compile (or cache load) + one run of the step
+        jax.block_until_ready(metrics)
+        compile_s = time.time() - t_step
+        logging.info("compile_s: %.1f (first step, trace + compile + run)", compile_s)
+        writer.write_scalars(step, {"compile_s": compile_s})
       acc, since_log = _accumulate(acc, metrics), since_log + 1
       for hook in hooks:
         hook(step)

@@ -22,7 +22,8 @@ class TextTransformer(nnx.Module):
   def __init__(self, *, vocab_size: int, max_len: int, width: int, depth: int, heads: int,
                mlp_dim: int, causal: bool = False, pool: str = "first", act: str = "gelu",
                pad_id: int = 0, eos_id: int | None = None, ln_eps: float = 1e-6, remat: str = "none",
-               attn_impl: str | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               attn_impl: str | None = None, scan: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if pool not in POOLS:
       raise ValueError(f"text pool must be one of {POOLS}, got {pool!r}")
     if max_len < 1:
@@ -35,7 +36,7 @@ class TextTransformer(nnx.Module):
     self.pos_emb = param(rngs, jax.nn.initializers.normal(0.01), (max_len, width),
                          ("length", "embed"))
     self.encoder = Encoder(depth, width, heads, mlp_dim, rngs=rngs, act=act, ln_eps=ln_eps,
-                           dtype=dtype, remat=remat, attn_impl=attn_impl)
+                           dtype=dtype, remat=remat, attn_impl=attn_impl, scan=scan)
     self.ln_final = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
 
   def __call__(self, tokens, *, rng=None):

@@ -72,7 +72,7 @@ class VisionTransformer(nnx.Module):
                ln_post: bool = True, act: str = "gelu", drop_path: float = 0.0,
                remat: str = "none", mask_token: bool = False, ln_eps: float = 1e-6,
                patch_bias: bool = True, attn_impl: str | None = None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               scan: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     dims, self.patch = parse_variant(variant)
     if dims is not None:
       width, depth, heads, mlp_dim = (a or b for a, b in zip((width, depth, heads, mlp_dim), dims))
@@ -107,7 +107,8 @@ class VisionTransformer(nnx.Module):
                        if mask_token else None)
     self.ln_pre = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_pre else None
     self.encoder = Encoder(depth, width, heads, mlp_dim, rngs=rngs, act=act, drop_path=drop_path,
-                           ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl)
+                           ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl,
+                           scan=scan)
     self.ln_post = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_post else None
     self.map_head = (heads_lib.AttentionPool(width, heads, mlp_dim, rngs=rngs, dtype=dtype,
                                              ln_eps=ln_eps) if pool == "map" else None)
