@@ -15,7 +15,10 @@ global batch, and compiles it with XLA's TPU compiler. From the executable:
   XLA refuses a program that needs more HBM than it can use; then its message gives the
   numbers (`fits: false`, `shortfall_gib` against the HBM XLA says it can use);
 - FLOPs and bytes accessed per device: `cost_analysis()`;
-- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`).
+- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`);
+- what compiling costs: `compile_s` (trace, lower and compile the step) and, since the CLI
+  runs each plan in its own Python process (`plan_isolated`), `host_peak_rss_gib`, that
+  process's peak resident memory: about what a training host needs to compile the step.
 
 Prediction (a roofline, `predict`): max(FLOPs / bf16 peak, bytes accessed / HBM
 bandwidth) + collective traffic / ICI bandwidth, with the figures of

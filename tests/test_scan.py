@@ -1,12 +1,14 @@
 """Scanned towers (`model.*.scan`): the same params, loss and gradients as the unrolled
 ones, and checkpoints that either kind reads."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from flip_jax import checkpoint, sharding, train
+from flip_jax import checkpoint, config_io, sharding, train
 from flip_jax.interop import rules
 from flip_jax.models import layers, swin
 from helpers import random_batch, tiny_flip_config
@@ -84,27 +86,30 @@ def test_scanned_swin_equals_unrolled():
 
 
 def test_scan_compiles_one_block():
-  """The scanned ViT's HLO holds one block's matmuls, the unrolled one depth x as many."""
+  """The scanned ViT's program holds one block's matmuls, the unrolled one depth x as many:
+  per block q, k, v, out, fc1, fc2 and attention's two; plus the patch embedding."""
+  from flip_jax.models import vit
+  x = jnp.zeros((2, 32, 32, 3))
+
   def dots(scan):
-    c = scan_config(scan)
-    c.model.image.depth = 6
-    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    trainer = train.Trainer(c, mesh)
-    x = jnp.zeros((2, 32, 32, 3))
-    model = trainer.objective.build(nnx.Rngs(0)).image
-    return jax.jit(lambda m: m(x)["pooled"]).lower(model).as_text().count("dot_general")
-  assert dots(False) - dots(True) == 5 * 6  # q, k, v, out, fc1, fc2 of the 5 blocks saved
+    m = vit.VisionTransformer(image_size=32, variant="custom/8", width=32, depth=6, heads=2,
+                              mlp_dim=64, scan=scan, rngs=nnx.Rngs(0))
+    return jax.jit(lambda m: m(x)["pooled"]).lower(m).as_text().count("dot_general")
+
+  assert (dots(False), dots(True)) == (1 + 6 * 8, 1 + 8)
 
 
 def test_checkpoints_load_across_scanned_and_unrolled(tmp_path):
   """A scanned run's checkpoint resumes unrolled (and back): same state, same numbers."""
-  scanned, unrolled = scan_config(True), scan_config(False)
-  for c in (scanned, unrolled):
-    c.total_samples = 16 * 3
-    c.ckpt_every_steps = 1
+  scanned = scan_config(True)
+  scanned.update(total_samples=16 * 3, ckpt_every_steps=1)
   workdir = str(tmp_path / "run")
   state = jax.device_get(train.run(scanned, workdir, until_step=2)["state"])
   mesh = sharding.make_mesh({"data": -1})
+  # the run's own config (its vocabulary is the tokenizer's), unrolled and scanned
+  unrolled, scanned = config_io.read(workdir), config_io.read(workdir)
+  unrolled.model.image.scan = unrolled.model.text.scan = False
+  assert scanned.model.image.scan and scanned.model.text.scan
   for config in (unrolled, scanned):
     trainer = train.Trainer(config, mesh)
     mgr = checkpoint.manager(workdir, every_steps=1, keep=3, use_async=False)
@@ -119,3 +124,21 @@ def test_checkpoints_load_across_scanned_and_unrolled(tmp_path):
   params = train.load_init_params(train.Trainer(scanned, mesh), workdir)
   for a, b in zip(jax.tree.leaves(resumed["params"]), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_restart_reads_the_step_from_the_compile_cache(tmp_path):
+  """The second start of a run compiles nothing new: every executable it needs (the step
+  first of all) is in `<workdir>/compile_cache`, and both starts log compile_s."""
+  from flip_jax import writers
+  c = tiny_flip_config()
+  c.total_samples = 16 * 2
+  workdir = str(tmp_path / "run")
+  cache = os.path.join(workdir, "compile_cache")
+  train.run(c, workdir, until_step=1)
+  entries = sorted(os.listdir(cache))
+  assert entries  # the step, at least
+  train.run(c, workdir)
+  assert sorted(os.listdir(cache)) == entries
+  rows = [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "compile_s" in r]
+  assert [r["step"] for r in rows] == [1, 2] and all(r["compile_s"] > 0 for r in rows)
