@@ -27,6 +27,6 @@ def get_config(arg=None):
   if arg != "unmasked":
     c.optim.warmup_samples = 200 * flip_recipe.IMAGENET_EPOCH
   c.mesh.update(data=-1, fsdp=8)
-  c.model.image.remat = "full" if arg == "unmasked" else "dots"
-  c.model.text.remat = "dots"
+  c.model.image.remat = "full" if arg == "unmasked" else "dots_no_batch"
+  c.model.text.remat = "dots_no_batch"
   return c

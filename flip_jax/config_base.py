@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
       ln_post=True,
       act="gelu",           # 'gelu' (erf) | 'gelu_tanh' | 'quick_gelu' | 'relu'
       drop_path=0.0,
-      remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs only)
+      remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs) | 'dots_no_batch'
+      #                       (save the non-batched matmuls: not attention's); models/layers.py
+      scan=False,           # run the blocks as one jax.lax.scan (compile once); same params
       mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       patch_bias=True,      # bias of the patch embedding (OpenAI/HF CLIP: none)
@@ -57,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
       act="gelu",
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       remat="none",
+      scan=False,           # as model.image.scan
       attn_impl="auto",     # as model.image.attn_impl (padding goes to cuDNN as lengths)
       init="default",       # initialisation scheme: 'default' | 'flip' (models/inits.py)
       # A non-causal tower masks the keys at pad_id (official FLIP does not: False).
@@ -74,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_ratio=4.0,
       drop_path=0.0,
       remat="none",
+      scan=False,           # scan each stage's blocks (in pairs: plain, shifted window)
       mask_token=False,     # learned token for boolean-mask replacement (SimMIM)
   ))
   c.model.num_classes = 0  # 'classifier': size of the linear head
@@ -204,5 +208,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""         # a workdir or checkpoint dir: params only, optimizer state dropped
   c.init_prefix = ""       # 'DST[=SRC]': load only the model's DST subtree, from SRC (default DST)
   c.profile_steps = 0      # >0: capture a profiler trace of this many steps
+  # JAX's persistent compilation cache (a restart skips compiling): '' = <workdir>/compile_cache,
+  # 'none' = off, else a directory or gs:// path. The first step's time is logged as compile_s.
+  c.compile_cache_dir = ""
   c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps, ...}
   return c

@@ -15,7 +15,10 @@ global batch, and compiles it with XLA's TPU compiler. From the executable:
   XLA refuses a program that needs more HBM than it can use; then its message gives the
   numbers (`fits: false`, `shortfall_gib` against the HBM XLA says it can use);
 - FLOPs and bytes accessed per device: `cost_analysis()`;
-- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`).
+- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`);
+- what compiling costs: `compile_s` (trace, lower and compile the step) and, since the CLI
+  runs each plan in its own Python process (`plan_isolated`), `host_peak_rss_gib`, that
+  process's peak resident memory: about what a training host needs to compile the step.
 
 Prediction (a roofline, `predict`): max(FLOPs / bf16 peak, bytes accessed / HBM
 bandwidth) + collective traffic / ICI bandwidth, with the figures of
@@ -44,7 +47,10 @@ import json
 import math
 import os
 import re
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 if __name__ == "__main__":
@@ -249,6 +255,47 @@ def _counts(records, kinds) -> dict:
   return {k: {"count": summary[k]["count"], "bytes": summary[k]["bytes"]} for k in kinds}
 
 
+# ------------------------------------------------------------------ one plan, one process
+
+_ROW_PREFIX = "flip_jax.plan row: "
+
+
+def plan_isolated(config, topology: str) -> dict:
+  """`plan` in a fresh Python process, the row plus `host_peak_rss_gib`: that process's
+  peak resident memory. A pod-size compile holds GBs of host memory that a process does not
+  give back, so plans in one process add up; one each is also what a training host pays
+  to compile that step. A process the OS kills (out of host memory) is reported as such."""
+  from flip_jax import config_io
+  with tempfile.TemporaryDirectory(prefix="flip_jax_plan_") as tmp:
+    config_io.write(config, tmp)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from flip_jax import plan; plan._child(*sys.argv[1:])",
+         tmp, topology], capture_output=True, text=True,
+        env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
+  rows = [l[len(_ROW_PREFIX):] for l in proc.stdout.splitlines() if l.startswith(_ROW_PREFIX)]
+  if proc.returncode == 0 and rows:
+    row = json.loads(rows[-1])
+    if "error" in row:
+      raise config_check.ConfigError(row["error"])
+    return row
+  if proc.returncode < 0:
+    raise RuntimeError(f"the planner's subprocess for {topology} was killed by signal "
+                       f"{-proc.returncode} (SIGKILL: most likely out of host memory)")
+  tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+  raise RuntimeError(f"the planner's subprocess for {topology} failed "
+                     f"(exit {proc.returncode}):\n{tail}")
+
+
+def _child(config_dir: str, topology: str) -> None:
+  from flip_jax import config_io
+  try:
+    row = plan(config_io.read(config_dir), topology)
+  except (ValueError, config_check.ConfigError) as err:
+    row = {"error": str(err)}
+  row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+  print(_ROW_PREFIX + to_json(row), flush=True)
+
+
 # ------------------------------------------------------------------ search
 
 def candidates(config, num_devices: int, fsdp_sizes=None, per_device_batches=None):
@@ -262,9 +309,10 @@ def candidates(config, num_devices: int, fsdp_sizes=None, per_device_batches=Non
 
 
 def search(config, topology: str, devices, fsdp_sizes=None, per_device_batches=None,
-           report=print) -> dict | None:
+           report=print, isolate: bool = False) -> dict | None:
   """Plans every candidate mesh shape and per-device batch; returns the fits with the
-  most predicted images/s. A batch that does not fit ends that fsdp size's batches."""
+  most predicted images/s. A batch that does not fit ends that fsdp size's batches.
+  isolate: each plan in its own process (`plan_isolated`)."""
   pairs, dp = candidates(resolve(config), len(devices), fsdp_sizes, per_device_batches)
   best, skip = None, set()
   for fsdp, per_device in pairs:
@@ -274,8 +322,11 @@ def search(config, topology: str, devices, fsdp_sizes=None, per_device_batches=N
     c.mesh.update(data=dp // fsdp, fsdp=fsdp)
     c.batch_size = per_device * dp
     c.total_samples = max(c.total_samples, c.batch_size)
-    row = plan(c, topology, devices)
-    jax.clear_caches()  # one executable at a time: a pod-size compile holds GBs of host memory
+    if isolate:
+      row = plan_isolated(c, topology)
+    else:
+      row = plan(c, topology, devices)
+      jax.clear_caches()  # one executable at a time: a pod-size compile holds GBs of host memory
     report(row)
     if not row["fits"]:
       skip.add(fsdp)
@@ -293,7 +344,8 @@ COLUMNS = [("mask", "mask_ratio", "{:.2f}"), ("mesh d/f/t", "mesh", None),
            ("coll GB/dev", "collective_traffic_per_device", "giga"),
            ("step s", "predicted_step_s", "{:.3f}"), ("MFU", "predicted_mfu", "{:.3f}"),
            ("img/s", "predicted_images_per_s", "{:.0f}"), ("attn", "attention", "{}"),
-           ("data bound", "data_bound", "{}")]
+           ("data bound", "data_bound", "{}"), ("compile s", "compile_s", "{:.0f}"),
+           ("host GiB", "host_peak_rss_gib", "{:.1f}")]
 
 
 def table_row(row: dict) -> str:
@@ -395,15 +447,15 @@ def main(argv, flags: dict):
       elif flags["search"].value:
         best = search(c, topology, devices, [int(x) for x in flags["fsdp_sizes"].value],
                       [int(x) for x in flags["per_device_batches"].value],
-                      report=lambda row: print(table_row(data_bound(row)), flush=True))
+                      report=lambda row: print(table_row(data_bound(row)), flush=True),
+                      isolate=True)
         print("fastest that fits: " + (table_row(best) if best else "none"), flush=True)
         if best:
           print(to_json(dict(best, search_best=True)), flush=True)
       else:
-        row = data_bound(plan(c, topology, devices))
-        jax.clear_caches()  # as in `search`
+        row = data_bound(plan_isolated(c, topology))
         print(table_row(row) + "\n" + to_json(row), flush=True)  # each plan as it is done
-  except config_check.ConfigError as err:
+  except (config_check.ConfigError, RuntimeError) as err:
     sys.exit(f"flip_jax.plan: {err}")
 
 

@@ -285,11 +285,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
   # The loop's logging needs clu (and so TensorFlow); the step above does not, so the
   # benchmark and the planner import this module without them.
   from clu import periodic_actions  # loop only: clu needs TensorFlow (see above)
-  from flip_jax import data, writers  # loop only: grain, clu writers
+  from flip_jax import compile_cache, data, writers  # loop only: grain, clu writers
 
   # ---- set-up ----------------------------------------------------------
   config_check.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
+  compile_cache.enable(config, workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = None
@@ -337,7 +338,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, until_step: int | No
     for step in range(start + 1, end + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(mesh, next(data_iter))
+        t_step = time.time()
         state, metrics = trainer.step(state, batch)
+      if step == start + 1:  # the first call returns once the step is traced and compiled
+        compile_s = time.time() - t_step  # (or loaded from the cache) and dispatched
+        console.say(f"compile: {compile_s:.1f} s (the first step's trace + compile)")
+        writer.write_scalars(step, {"compile_s": compile_s})
       acc, since_log = _accumulate(acc, metrics), since_log + 1
       progress.step_done(step)
       for hook in hooks:

@@ -175,12 +175,14 @@ def test_open_clip_teacher_equals_the_checkpoint_it_was_exported_from(tmp_path):
   np.testing.assert_allclose(got["open_clip"], got["ours"], atol=1e-5)
 
 
-@pytest.mark.parametrize("layer,hidden", [(-1, None), (1, 1)])
-def test_hf_teacher_matches_pytorch_clip(hf_teacher, layer, hidden):
+@pytest.mark.parametrize("layer,hidden,scan", [(-1, None, False), (1, 1, False),
+                                               (-1, None, True)])
+def test_hf_teacher_matches_pytorch_clip(hf_teacher, layer, hidden, scan):
   """Student batches are ImageNet-normalised, the teacher's preprocessor differs: the step
-  maps one onto the other. Targets = post_layernorm(block output)[1:] @ visual_projection."""
+  maps one onto the other. Targets = post_layernorm(block output)[1:] @ visual_projection.
+  A scanned student scans its teacher too (same checkpoint, same targets)."""
   path, reference = hf_teacher
-  c = tiny_eva_config(path, **{"teacher.layer": layer})
+  c = tiny_eva_config(path, **{"teacher.layer": layer, "model.image.scan": scan})
   c.data.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
   trainer, state, obj = model_and_objective(c)
   images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)

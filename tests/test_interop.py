@@ -187,8 +187,10 @@ def clip_like_flip_config():
   return c
 
 
-def test_flip_vit_layout_exports_to_hf_exactly(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_flip_vit_layout_exports_to_hf_exactly(tmp_path, scan):
   c = clip_like_flip_config()
+  c.model.image.scan = c.model.text.scan = scan  # one params layout: export never knows
   model = inference.load(random_exported(tmp_path / "ours", c))
   export.export(str(tmp_path / "ours"), "hf", str(tmp_path / "hf"))
   reference = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
@@ -244,8 +246,10 @@ def test_open_clip_maps_a_non_causal_tower_without_padding_mask(tmp_path):
 
 # ------------------------------------------------------------------ open_clip
 
-def test_open_clip_export_files_and_import_round_trip(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_open_clip_export_files_and_import_round_trip(tmp_path, scan):
   c = clip_like_flip_config()
+  c.model.image.scan = c.model.text.scan = scan
   c.model.image.ln_pre = False  # open_clip's no_ln_pre
   model = inference.load(random_exported(tmp_path / "ours", c))
   out = export.export(str(tmp_path / "ours"), "open_clip", str(tmp_path / "oc"))

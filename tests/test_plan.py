@@ -160,6 +160,8 @@ def test_cli_prints_a_table_and_one_json_line_per_mask_ratio():
   rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
   assert [r["mask_ratio"] for r in rows] == [0.0, 0.75]
   assert all(r["fits"] and r["topology"] == TOPOLOGY for r in rows)
+  # each plan compiled in its own process: its compile time and that process's peak RSS
+  assert all(r["compile_s"] > 0 and 0.2 < r["host_peak_rss_gib"] < 8 for r in rows)
   # masking 75% of the patches cuts the image tower's FLOPs
   assert rows[1]["flops_per_device"] < 0.8 * rows[0]["flops_per_device"]
   table = [l for l in proc.stdout.splitlines() if l and not l.startswith("{")]

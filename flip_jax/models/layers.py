@@ -126,12 +126,14 @@ class Mlp(nnx.Module):
     return self.fc2(h)
 
 
-def drop_path(x, rate: float, rng):
-  """Stochastic depth: zero a whole residual branch per sample, rescale the survivors."""
-  if rate == 0.0 or rng is None:
+def drop_path(x, rate, rng):
+  """Stochastic depth: zero a whole residual branch per sample, rescale the survivors.
+
+  `rate` is a float, or a traced scalar (a scanned layer's entry of the per-layer rates)."""
+  if rng is None or (isinstance(rate, (int, float)) and rate == 0.0):
     return x
   keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
 class Block(nnx.Module):
@@ -147,30 +149,77 @@ class Block(nnx.Module):
     self.mlp = Mlp(width, mlp_dim, rngs=rngs, act=act, dtype=dtype, fc1_init=inits.fc1,
                    fc2_init=inits.fc2)
 
-  def __call__(self, x, rng=None, *, mask=None, causal=False):
+  def __call__(self, x, rng=None, *, mask=None, causal=False, drop_path_rate=None):
+    """drop_path_rate: overrides the block's own (a scanned layer's traced rate)."""
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
-    x = x + drop_path(self.attn(self.ln1(x), mask=mask, causal=causal), self.drop_path_rate, r1)
-    x = x + drop_path(self.mlp(self.ln2(x)), self.drop_path_rate, r2)
+    x = x + drop_path(self.attn(self.ln1(x), mask=mask, causal=causal), rate, r1)
+    x = x + drop_path(self.mlp(self.ln2(x)), rate, r2)
     return sharding.constrain(x, ("batch", "length", "embed"))
 
 
+# What the backward pass keeps of a block's forward (the rest is recomputed).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "none": None,  # keep everything: no rematerialization
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # every matmul output, attention's too
+    # projections and MLP matmuls only, not the batched attention dots (the official
+    # FLIP code's "minimal" remat)
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+def check_remat(remat: str) -> None:
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+
+
+def layer_keys(rng, indices):
+  """Keys fold_in(rng, i), the ones an unrolled loop draws, for an array of layer `indices`
+  (in its shape); None without an rng."""
+  if rng is None:
+    return None
+  indices = jnp.asarray(indices, jnp.uint32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices.reshape(-1))
+  return keys.reshape(indices.shape + keys.shape[1:])
+
+
+def scan_layers(layers: Sequence, x, apply: Callable, xs=None, *, remat: str = "none"):
+  """x = apply(layers[i], x, xs[i]) for i = 0, 1, ... as one `jax.lax.scan`.
+
+  `layers` are modules (or tuples of modules) of one structure. Their params are stacked
+  on a leading layers axis at call time and each scan step merges one slice back into a
+  module, so XLA compiles the layer once however deep the tower, while the model's state
+  (and so every checkpoint, optimizer rule and weight converter) keeps the unrolled layout
+  `blocks/<i>/...`: a scanned and an unrolled model are the same params. The stacked axis
+  is left unsharded; each slice keeps its param's sharding. Static attributes come from
+  layers[0]: what differs between layers (drop-path rates, RNG keys) travels in `xs`.
+  `remat` names a REMAT_POLICIES entry applied to each step.
+  """
+  graphdef = nnx.graphdef(layers[0])
+  stacked = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(layer) for layer in layers])
+
+  def step(h, inputs):
+    state, extra = inputs
+    return apply(nnx.merge(graphdef, state), h, extra), None
+
+  if remat != "none":
+    step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  return jax.lax.scan(step, x, (stacked, xs))[0]
 
 
 class Encoder(nnx.Module):
   """A stack of blocks; drop-path grows linearly with depth (0 at the first block).
-  inits: the blocks' kernel initialisers; depth_rescale: EVA's fix_init_weight on top."""
+  inits: the blocks' kernel initialisers; depth_rescale: EVA's fix_init_weight on top.
+
+  scan=True runs the blocks as one `jax.lax.scan` (see `scan_layers`): same params, same
+  outputs and gradients, one compiled block instead of `depth`."""
 
   def __init__(self, depth, width, heads, mlp_dim, *, rngs, act="gelu", drop_path=0.0,
                ln_eps=1e-6, dtype=jnp.float32, remat="none", attn_impl=None,
-               inits: BlockInits = BlockInits(), depth_rescale: bool = False):
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
-    self.remat = remat
+               inits: BlockInits = BlockInits(), depth_rescale: bool = False, scan=False):
+    check_remat(remat)
+    self.remat, self.scan = remat, scan
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     self.blocks = nnx.List([
         Block(width, heads, mlp_dim, rngs=rngs, act=act, drop_path=r, ln_eps=ln_eps,
@@ -178,6 +227,8 @@ class Encoder(nnx.Module):
         for i, r in enumerate(rates)])
 
   def __call__(self, x, rng=None, *, mask=None, causal=False):
+    if self.scan:
+      return self._scanned(x, rng, mask=mask, causal=causal)
     for i, block in enumerate(self.blocks):
       r = jax.random.fold_in(rng, i) if rng is not None else None
       if self.remat == "none":
@@ -186,6 +237,18 @@ class Encoder(nnx.Module):
         x = nnx.remat(lambda b, h, k: b(h, k, mask=mask, causal=causal),
                       policy=REMAT_POLICIES[self.remat])(block, x, r)
     return x
+
+  def _scanned(self, x, rng, *, mask, causal):
+    rates = [b.drop_path_rate for b in self.blocks]
+    # Per-layer rates enter the scan only when some are non-zero (and a key asks for it).
+    rates = jnp.asarray(rates, jnp.float32) if rng is not None and any(rates) else None
+    keys = layer_keys(rng, range(len(self.blocks)))
+
+    def apply(block, h, inputs):
+      key, rate = inputs
+      return block(h, key, mask=mask, causal=causal, drop_path_rate=rate)
+
+    return scan_layers(list(self.blocks), x, apply, (keys, rates), remat=self.remat)
 
 
 def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> float:

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from flip_jax import sharding
-from flip_jax.models.layers import REMAT_POLICIES, Dense, LayerNorm, Mlp, drop_path, param
+from flip_jax.models.layers import (REMAT_POLICIES, Dense, LayerNorm, Mlp, check_remat, drop_path,
+                                   layer_keys, param, scan_layers)
 from flip_jax.models.vit import patchify
 
 # name -> (embed_dim C of stage 1, depths, heads): SwinV2 paper's model table (head dim 32);
@@ -200,8 +201,9 @@ class SwinBlock(nnx.Module):
     self.norm1 = _zero_layer_norm(dim, rngs, dtype)
     self.norm2 = _zero_layer_norm(dim, rngs, dtype)
 
-  def __call__(self, x, rng=None):
-    """x [B, res*res, C] -> same shape."""
+  def __call__(self, x, rng=None, *, drop_path_rate=None):
+    """x [B, res*res, C] -> same shape. drop_path_rate: overrides the block's own."""
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     b, _, c = x.shape
     r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
     h = x.reshape(b, self.res, self.res, c)
@@ -213,8 +215,8 @@ class SwinBlock(nnx.Module):
     h = window_reverse(h, self.window, self.res, self.res)
     if self.shift:
       h = jnp.roll(h, (self.shift, self.shift), axis=(1, 2))
-    x = x + drop_path(self.norm1(h.reshape(b, -1, c)), self.drop_path_rate, r1)
-    x = x + drop_path(self.norm2(self.mlp(x)), self.drop_path_rate, r2)
+    x = x + drop_path(self.norm1(h.reshape(b, -1, c)), rate, r1)
+    x = x + drop_path(self.norm2(self.mlp(x)), rate, r2)
     return sharding.constrain(x, ("batch", "length", "embed"))
 
 
@@ -249,17 +251,19 @@ class SwinTransformerV2(nnx.Module):
                depths: Sequence[int] = (), heads: Sequence[int] = (), patch: int = 4,
                window: int = 12, pretrained_windows: Sequence[int] = (),
                mlp_ratio: float = 4.0, drop_path: float = 0.0, remat: str = "none",
-               mask_token: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+               scan: bool = False, mask_token: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     """pretrained_windows: per stage, the window the bias MLP was trained with (fine-tuning
-    at a larger window); () = each stage's own window."""
+    at a larger window); () = each stage's own window. scan: each stage's blocks run as one
+    `jax.lax.scan` over (plain, shifted-window) pairs, same params (`layers.scan_layers`)."""
     embed_dim, depths, heads = resolve_variant(variant, embed_dim, depths, heads)
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    check_remat(remat)
     if pretrained_windows and len(pretrained_windows) != len(depths):
       raise ValueError(f"pretrained_windows {tuple(pretrained_windows)} needs one entry per "
                        f"stage ({len(depths)})")
     geometry = stage_windows(image_size, patch, window, len(depths))
     self.patch, self.depths, self.remat, self.dtype = patch, tuple(depths), remat, dtype
+    self.scan = scan
     self.grid = image_size // patch
     self.num_patches = self.grid ** 2
     self.num_prefix_tokens = 0
@@ -303,10 +307,13 @@ class SwinTransformerV2(nnx.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"))
     i = 0
     for s, depth in enumerate(self.depths):
-      for _ in range(depth):
-        x = self._block(self.blocks[i], x, jax.random.fold_in(rng, i) if rng is not None
+      pairs = depth // 2 if self.scan and depth >= 4 else 0
+      if pairs:
+        x = self._scanned_pairs(i, pairs, x, rng)
+      for j in range(i + 2 * pairs, i + depth):
+        x = self._block(self.blocks[j], x, jax.random.fold_in(rng, j) if rng is not None
                         else None)
-        i += 1
+      i += depth
       if s < len(self.depths) - 1:
         x = self.merges[s](x)
     x = self.norm(x)
@@ -316,6 +323,25 @@ class SwinTransformerV2(nnx.Module):
     if self.remat == "none":
       return block(x, rng)
     return nnx.remat(lambda b, h, k: b(h, k), policy=REMAT_POLICIES[self.remat])(block, x, rng)
+
+  def _scanned_pairs(self, first: int, pairs: int, x, rng):
+    """Blocks first .. first + 2*pairs - 1 of a stage as a scan over (plain, shifted) pairs
+    (the two differ in static shift, so a pair is the unit that repeats)."""
+    index = [(first + 2 * p, first + 2 * p + 1) for p in range(pairs)]
+    rates = [(self.blocks[a].drop_path_rate, self.blocks[b].drop_path_rate) for a, b in index]
+    rates = (jnp.asarray(rates, jnp.float32) if rng is not None and any(map(any, rates))
+             else None)
+    keys = layer_keys(rng, index)
+
+    def apply(pair, h, inputs):
+      key, rate = inputs
+      for k, block in enumerate(pair):
+        h = block(h, None if key is None else key[k],
+                  drop_path_rate=None if rate is None else rate[k])
+      return h
+
+    return scan_layers([(self.blocks[a], self.blocks[b]) for a, b in index], x, apply,
+                       (keys, rates), remat=self.remat)
 
 
 def layer_id(path: str, depths: Sequence[int]) -> int:

@@ -26,9 +26,10 @@ class TextTransformer(nnx.Module):
                mlp_dim: int, causal: bool = False, pool: str = "first", act: str = "gelu",
                pad_id: int = 0, eos_id: int | None = None, ln_eps: float = 1e-6, remat: str = "none",
                attn_impl: str | None = None, padding_mask: bool = True, init: str = "default",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               scan: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     """padding_mask: a non-causal tower's keys at pad_id are masked ('mean' pooling always
-    leaves padding out); init: the initialisation scheme (flip_jax.models.inits)."""
+    leaves padding out); init: the initialisation scheme (flip_jax.models.inits); scan: the
+    blocks as one scanned layer (models.layers.scan_layers)."""
     if pool not in POOLS:
       raise ValueError(f"text pool must be one of {POOLS}, got {pool!r}")
     if max_len < 1:
@@ -43,7 +44,7 @@ class TextTransformer(nnx.Module):
     self.pos_emb = param(rngs, inits.text_pos, (max_len, width), ("length", "embed"))
     self.encoder = Encoder(depth, width, heads, mlp_dim, rngs=rngs, act=act, ln_eps=ln_eps,
                            dtype=dtype, remat=remat, attn_impl=attn_impl, inits=inits.block,
-                           depth_rescale=inits.depth_rescale)
+                           depth_rescale=inits.depth_rescale, scan=scan)
     self.ln_final = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype)
 
   def __call__(self, tokens, *, rng=None):

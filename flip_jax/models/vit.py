@@ -91,8 +91,10 @@ class VisionTransformer(nnx.Module):
                ln_post: bool = True, act: str = "gelu", drop_path: float = 0.0,
                remat: str = "none", mask_token: bool = False, ln_eps: float = 1e-6,
                patch_bias: bool = True, attn_impl: str | None = None, init: str = "default",
-               init_std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
-    """init / init_std: the initialisation scheme (flip_jax.models.inits)."""
+               init_std: float = 0.02, scan: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    """init / init_std: the initialisation scheme (flip_jax.models.inits); scan: the blocks
+    as one scanned layer (models.layers.scan_layers)."""
     width, depth, heads, mlp_dim, self.patch = vit_dims(variant, width, depth, heads, mlp_dim)
     if not all((width, depth, heads, mlp_dim)):
       raise ValueError("a 'custom' ViT needs width, depth, heads and mlp_dim")
@@ -123,7 +125,7 @@ class VisionTransformer(nnx.Module):
     self.ln_pre = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_pre else None
     self.encoder = Encoder(depth, width, heads, mlp_dim, rngs=rngs, act=act, drop_path=drop_path,
                            ln_eps=ln_eps, dtype=dtype, remat=remat, attn_impl=attn_impl,
-                           inits=inits.block, depth_rescale=inits.depth_rescale)
+                           inits=inits.block, depth_rescale=inits.depth_rescale, scan=scan)
     self.ln_post = LayerNorm(width, rngs=rngs, eps=ln_eps, dtype=dtype) if ln_post else None
     self.map_head = (heads_lib.AttentionPool(width, heads, mlp_dim, rngs=rngs, dtype=dtype,
                                              ln_eps=ln_eps, attn_impl=attn_impl)

@@ -97,7 +97,8 @@ class Eva(Objective):
   def teacher_kwargs(self) -> dict:
     image = from_config.image_kwargs(self.teacher_config)
     image.update(depth=self.teacher_depth(), pool="none", drop_path=0.0, remat="none",
-                 mask_token=False, attn_impl=self.config.model.image.attn_impl)
+                 mask_token=False, attn_impl=self.config.model.image.attn_impl,
+                 scan=self.config.model.image.scan)
     return dict(teacher=image, teacher_size=self.teacher_size(),
                 teacher_embed_dim=self.teacher_config.model.embed_dim)
 
