@@ -155,8 +155,8 @@ class _PeerWatch(threading.Thread):
   key-value store and reads everyone's; a peer whose counter stood still for `lost_after`
   s is lost. That is a quarter of JAX's heartbeat timeout: the service may declare a process
   dead as early as half its timeout after the death (heartbeats go out every half timeout),
-  and this process must exit, naming the peer, before the service terminates it. A failing key-value call means process 0,
-  which hosts the service, is gone."""
+  and this process must exit, naming the peer, before the service terminates it. A failing
+  key-value call means process 0, which hosts the service, is gone."""
 
   def __init__(self, client, process: int, count: int, *, lost_after: float):
     super().__init__(name="flip_jax_peer_watch", daemon=True)

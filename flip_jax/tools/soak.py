@@ -118,11 +118,8 @@ class Trainer:
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     if processes > 1:
       import portpicker
-      # Process 0 compiles each step and hands the executable to the others: on a small
-      # machine N processes compiling the same program at once take N times as long.
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{portpicker.pick_unused_port()}",
-                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu",
-                 JAX_SHARE_BINARY_BETWEEN_HOSTS="true")
+                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu")
     names = [log_name] if processes == 1 else [f"{log_name}_p{i}" for i in range(processes)]
     self.log_paths = [os.path.join(workdir, f"{n}.log") for n in names]
     self.logs = [open(path, "w") for path in self.log_paths]
