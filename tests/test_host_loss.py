@@ -103,7 +103,7 @@ print("trained to step", int(out["state"]["step"]), flush=True)
 
 
 def config():
-  c = tiny_flip_config()
+  c = tiny_flip_config(**{"model.image.depth": 1, "model.text.depth": 1})
   c.total_samples = c.batch_size * 8
   c.log_every_steps = 1
   c.ckpt_every_steps = 2

@@ -155,10 +155,13 @@ class Trainer:
       self._close()
     return time.time() - start, codes
 
-  def last_line(self, process: int) -> str:
+  def verdict(self, process: int) -> str:
+    """The log line where a process says why it stopped: flip_jax's `lost process N`, or
+    JAX's `Terminating process ...` (when process 0 died); else its last line."""
     with open(self.log_paths[process], errors="replace") as f:
       lines = [line.strip() for line in f if line.strip()]
-    return lines[-1] if lines else ""
+    said = [line for line in lines if "lost process" in line or "Terminating process" in line]
+    return (said or lines or [""])[-1]
 
   def finish(self, timeout: float) -> int:
     """The first non-zero exit status of the processes, else 0."""
@@ -248,8 +251,8 @@ def soak(root: str) -> bool:
     exit_s.append(seconds)
     print(f"soak: SIGKILL process {victim} at step {last_step(killed)} (planned {target}"
           f"{', save in flight' if in_flight else ''}); survivors exited "
-          f"{[codes[i] for i in survivors]} after {seconds:.1f}s; last line of process "
-          f"{survivors[0]}: {run.last_line(survivors[0])[:300]}", flush=True)
+          f"{[codes[i] for i in survivors]} after {seconds:.1f}s; process {survivors[0]}: "
+          f"{run.verdict(survivors[0])[:300]}", flush=True)
 
   identical = same_params(reference, killed, _STEPS.value)
   summary = f"kills={kills} resumes={resumes} params_identical={str(identical).lower()}"
