@@ -19,6 +19,7 @@ last line is `processes=N kills=K resumes=K survivor_exit_s_max=S params_identic
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,13 @@ def partial_checkpoints(workdir: str) -> set[str]:
   return set(glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*")))
 
 
+def free_port() -> int:
+  """A TCP port nothing listens on now (for process 0's coordination service)."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 class Trainer:
   """Starts `python -m flip_jax.tools.soak --train_in=DIR` with this command's flags, in
   --processes jax.distributed processes (process i logs to `<log_name>` + `_p<i>`)."""
@@ -117,8 +125,7 @@ class Trainer:
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "..", "xla_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     if processes > 1:
-      import portpicker
-      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{portpicker.pick_unused_port()}",
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
                  JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu")
     names = [log_name] if processes == 1 else [f"{log_name}_p{i}" for i in range(processes)]
     self.log_paths = [os.path.join(workdir, f"{n}.log") for n in names]
