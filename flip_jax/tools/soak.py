@@ -236,9 +236,11 @@ def soak(root: str) -> bool:
     mid_save = n > 1 and segment % 2 == 0  # kills 1, 3, ...: while a save is in flight
     deadline = time.time() + _TIMEOUT.value
     target = max(target, resume + 1)
-    while run.running() and time.time() < deadline and (
-        last_step(killed) < target or (mid_save and not partial_checkpoints(killed) - left_over)):
+    while run.running() and time.time() < deadline and last_step(killed) < target:
       time.sleep(0.02)
+    while mid_save and run.running() and time.time() < deadline and not (
+        partial_checkpoints(killed) - left_over):
+      time.sleep(0.002)  # a tiny model's save is in flight for a few tens of ms
     if not run.running():
       raise RuntimeError(f"the run ended before step {target}"
                          f"{' with a save in flight' if mid_save else ''}: see {killed}/"
