@@ -94,7 +94,10 @@ def newest_step(workdir: str) -> int:
 
 def writers_truncate(workdir: str, step: int) -> None:
   from flip_jax import writers
-  writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), step)
+  try:
+    writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), step)
+  except ValueError:  # a line cut by the kill: the restarted run truncates it itself
+    pass
 
 
 def victims(kills: int, processes: int, seed: int) -> list[int]:
