@@ -13,8 +13,8 @@ or in a checkpoint barrier. Two things make every survivor exit non-zero, prompt
   heartbeat for `config.distributed.heartbeat_timeout_s` and then terminates every other
   process (a fatal log, SIGABRT); if process 0 itself dies, the others terminate at once.
 - A peer watch (`_PeerWatch`, a thread of each process) sees the lost process first, after
-  a quarter of that time, and exits with status `EXIT_PEER_LOST` and a last log line that names it:
-  `flip_jax: process 0 of 2 lost process 1: ...`.
+  a quarter of that time, and exits with status `EXIT_PEER_LOST` and a last log line that
+  names it: `flip_jax: process 0 of 2 lost process 1: ...`.
 Orbax commits a checkpoint step only once every process finished writing its part, so a
 death mid-save leaves the previous step the newest; the next start deletes the partial one.
 Restarting every process with the same command resumes from there.
@@ -155,8 +155,8 @@ class _PeerWatch(threading.Thread):
   key-value store and reads everyone's; a peer whose counter stood still for `lost_after`
   s is lost. That is a quarter of JAX's heartbeat timeout: the service may declare a process
   dead as early as half its timeout after the death (heartbeats go out every half timeout),
-  and this process must exit, naming the peer, before the service terminates it. A failing key-value call means process 0,
-  which hosts the service, is gone."""
+  and this process must exit, naming the peer, before the service terminates it. A failing
+  key-value call means process 0, which hosts the service, is gone."""
 
   def __init__(self, client, process: int, count: int, *, lost_after: float):
     super().__init__(name="flip_jax_peer_watch", daemon=True)

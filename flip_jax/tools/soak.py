@@ -19,6 +19,7 @@ last line is `processes=N kills=K resumes=K survivor_exit_s_max=S params_identic
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,10 @@ def newest_step(workdir: str) -> int:
 
 def writers_truncate(workdir: str, step: int) -> None:
   from flip_jax import writers
-  writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), step)
+  try:
+    writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), step)
+  except ValueError:  # a line cut by the kill: the restarted run truncates it itself
+    pass
 
 
 def victims(kills: int, processes: int, seed: int) -> list[int]:
@@ -109,6 +113,13 @@ def partial_checkpoints(workdir: str) -> set[str]:
   return set(glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*")))
 
 
+def free_port() -> int:
+  """A TCP port nothing listens on now (for process 0's coordination service)."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 class Trainer:
   """Starts `python -m flip_jax.tools.soak --train_in=DIR` with this command's flags, in
   --processes jax.distributed processes (process i logs to `<log_name>` + `_p<i>`)."""
@@ -117,12 +128,8 @@ class Trainer:
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "..", "xla_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     if processes > 1:
-      import portpicker
-      # Process 0 compiles each step and hands the executable to the others: on a small
-      # machine N processes compiling the same program at once take N times as long.
-      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{portpicker.pick_unused_port()}",
-                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu",
-                 JAX_SHARE_BINARY_BETWEEN_HOSTS="true")
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+                 JAX_NUM_PROCESSES=str(processes), JAX_PLATFORMS="cpu")
     names = [log_name] if processes == 1 else [f"{log_name}_p{i}" for i in range(processes)]
     self.log_paths = [os.path.join(workdir, f"{n}.log") for n in names]
     self.logs = [open(path, "w") for path in self.log_paths]
@@ -158,10 +165,13 @@ class Trainer:
       self._close()
     return time.time() - start, codes
 
-  def last_line(self, process: int) -> str:
+  def verdict(self, process: int) -> str:
+    """The log line where a process says why it stopped: flip_jax's `lost process N`, or
+    JAX's `Terminating process ...` (when process 0 died); else its last line."""
     with open(self.log_paths[process], errors="replace") as f:
       lines = [line.strip() for line in f if line.strip()]
-    return lines[-1] if lines else ""
+    said = [line for line in lines if "lost process" in line or "Terminating process" in line]
+    return (said or lines or [""])[-1]
 
   def finish(self, timeout: float) -> int:
     """The first non-zero exit status of the processes, else 0."""
@@ -229,9 +239,11 @@ def soak(root: str) -> bool:
     mid_save = n > 1 and segment % 2 == 0  # kills 1, 3, ...: while a save is in flight
     deadline = time.time() + _TIMEOUT.value
     target = max(target, resume + 1)
-    while run.running() and time.time() < deadline and (
-        last_step(killed) < target or (mid_save and not partial_checkpoints(killed) - left_over)):
+    while run.running() and time.time() < deadline and last_step(killed) < target:
       time.sleep(0.02)
+    while mid_save and run.running() and time.time() < deadline and not (
+        partial_checkpoints(killed) - left_over):
+      time.sleep(0.002)  # a tiny model's save is in flight for a few tens of ms
     if not run.running():
       raise RuntimeError(f"the run ended before step {target}"
                          f"{' with a save in flight' if mid_save else ''}: see {killed}/"
@@ -251,8 +263,8 @@ def soak(root: str) -> bool:
     exit_s.append(seconds)
     print(f"soak: SIGKILL process {victim} at step {last_step(killed)} (planned {target}"
           f"{', save in flight' if in_flight else ''}); survivors exited "
-          f"{[codes[i] for i in survivors]} after {seconds:.1f}s; last line of process "
-          f"{survivors[0]}: {run.last_line(survivors[0])[:300]}", flush=True)
+          f"{[codes[i] for i in survivors]} after {seconds:.1f}s; process {survivors[0]}: "
+          f"{run.verdict(survivors[0])[:300]}", flush=True)
 
   identical = same_params(reference, killed, _STEPS.value)
   summary = f"kills={kills} resumes={resumes} params_identical={str(identical).lower()}"
