@@ -15,7 +15,10 @@ global batch, and compiles it with XLA's TPU compiler. From the executable:
   XLA refuses a program that needs more HBM than it can use; then its message gives the
   numbers (`fits: false`, `shortfall_gib` against the HBM XLA says it can use);
 - FLOPs and bytes accessed per device: `cost_analysis()`;
-- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`).
+- collectives by kind, count and size: the optimized HLO (`flip_jax/hlo_stats.py`);
+- with an input rate (`--data_benchmark=FILE` from `flip_jax.data.benchmark --out`, or
+  `--data_images_per_core`): images/s needed per host against what the host's vCPUs
+  decode, and `data_bound` (`flip_jax/input_rate.py`).
 
 Prediction (a roofline, `predict`): max(FLOPs / bf16 peak, bytes accessed / HBM
 bandwidth) + collective traffic / ICI bandwidth, with the figures of
