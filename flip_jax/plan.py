@@ -19,6 +19,9 @@ global batch, and compiles it with XLA's TPU compiler. From the executable:
 - what compiling costs: `compile_s` (trace, lower and compile the step) and, since the CLI
   runs each plan in its own Python process (`plan_isolated`), `host_peak_rss_gib`, that
   process's peak resident memory: about what a training host needs to compile the step.
+- with an input rate (`--data_benchmark=FILE` from `flip_jax.data.benchmark --out`, or
+  `--data_images_per_core`): images/s needed per host against what the host's vCPUs
+  decode, and `data_bound` (`flip_jax/input_rate.py`).
 
 Prediction (a roofline, `predict`): max(FLOPs / bf16 peak, bytes accessed / HBM
 bandwidth) + collective traffic / ICI bandwidth, with the figures of
