@@ -304,7 +304,7 @@ def test_teacher_has_no_drop_path_student_does():
     ("model.type", "two_towers", "config.model.type"),
     ("extrema.ema_momentum", 1.5, "config.extrema.ema_momentum"),
     ("extrema.proj_dim", 0, "config.extrema.proj_dim"),
-    ("extrema.loss", "mse", "config.extrema.loss: 'mse' not in ['byol', 'infonce']"),
+    ("extrema.loss", "mse", "config.extrema.loss: 'mse' not in"),
     ("extrema.temperature", 0.0, "config.extrema.temperature"),
     ("data.color_jitter_p", 1.5, "config.data.color_jitter_p"),
     ("data.color_jitter", (0.4, 0.4, 0.2, 0.7), "config.data.color_jitter"),
