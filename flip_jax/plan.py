@@ -23,6 +23,12 @@ global batch, and compiles it with XLA's TPU compiler. From the executable:
   `--data_images_per_core`): images/s needed per host against what the host's vCPUs
   decode, and `data_bound` (`flip_jax/input_rate.py`).
 
+NVIDIA GPUs the same way (`--topology=h100:8`, `h200:8`, `a100:8`, `h100:2x8`): the CUDA
+plugin (the `gpu-plan` extra) compiles for compile-only devices described by
+`flip_jax/gpu_targets.py`; FLOPs and bytes come from `flip_jax/gpu_cost.py` (the
+executable has no `cost_analysis()`), and the row says whether cuDNN attention ran.
+`--max_batch` finds the largest per-device batch that fits (`flip_jax/plan_batch.py`).
+
 Prediction (a roofline, `predict`): max(FLOPs / bf16 peak, bytes accessed / HBM
 bandwidth) + collective traffic / ICI bandwidth, with the figures of
 `flip_jax/hardware.py`. Its limits: every FLOP runs at the peak (so the MFU is an

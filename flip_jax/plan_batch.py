@@ -3,9 +3,10 @@
 The per-device batch is searched on a grid of `multiple` (8: tensor-core-friendly sizes)
 with the mesh of the config. Each probe is one `plan.plan` compile. Memory grows about
 linearly with the batch, so the next probe is the batch at which the line through the
-two nearest probes (one that fits and one that does not, or the two largest that fit)
-reaches the capacity, kept inside the middle half of the bracket so that every probe
-shrinks it (a safeguarded regula falsi); without a bracket the batch doubles or halves.
+two nearest probes (one that fits and one that does not, or the two largest that fit;
+with one probe, through it and the train state, which does not grow with the batch)
+reaches the capacity, kept off the bracket's outer eighths so that every probe shrinks
+it (a safeguarded regula falsi); without a bracket the batch doubles.
 It stops when the bracket is one grid step (or 1/32 of the batch, if that is more) wide,
 or after `max_compiles` probes.
 
@@ -34,8 +35,9 @@ def _capacity(row: dict) -> float:
 
 
 def next_probe(fit: list[tuple[int, float]], unfit: list[tuple[int, float | None]],
-               capacity: float, multiple: int) -> int:
-  """The next per-device batch to try, from the probes so far (batch, bytes per device)."""
+               capacity: float, multiple: int, fixed: float = 0.0) -> int:
+  """The next per-device batch to try, from the probes so far (batch, bytes per device);
+  `fixed`: bytes that do not grow with the batch (the train state)."""
   lo = max(fit)[0] if fit else 0
   hi = min(unfit)[0] if unfit else None
   if hi is None:
@@ -50,12 +52,12 @@ def next_probe(fit: list[tuple[int, float]], unfit: list[tuple[int, float | None
   m_lo = max(fit)[1] if fit else None
   if m_lo is not None and m_hi is not None and m_hi > m_lo:
     guess = lo + (capacity - m_lo) * (hi - lo) / (m_hi - m_lo)
-  elif m_hi is not None and lo == 0:
-    guess = hi * capacity / m_hi  # memory ~ batch through the origin: a lower bound
+  elif m_hi is not None and lo == 0 and m_hi > fixed:
+    guess = hi * (capacity - fixed) / (m_hi - fixed)
   else:
     guess = (lo + hi) / 2
-  quarter = (hi - lo) / 4
-  guess = min(max(guess, lo + quarter), hi - quarter)
+  eighth = (hi - lo) / 8
+  guess = min(max(guess, lo + eighth), hi - eighth)
   guess = int(guess) // multiple * multiple
   return min(max(guess, lo + multiple), hi - multiple)
 
@@ -80,7 +82,8 @@ def max_batch(config, topology: str, devices, *, multiple: int = 8, max_compiles
     hi = min(unfit)[0] if unfit else None
     if hi is not None and hi - lo <= _resolution(lo, multiple):
       break
-    per_device = next_probe(fit, unfit, _capacity(row), multiple)
+    per_device = next_probe(fit, unfit, _capacity(row), multiple,
+                            row.get("state_bytes_per_device", 0.0))
   lo = max(fit)[0] if fit else 0
   hi = min(unfit)[0] if unfit else None
   return dict(max_per_device_batch=lo, max_global_batch=lo * dp, data_parallel=dp,

@@ -249,3 +249,13 @@ def test_max_batch_when_nothing_fits():
   found = plan_batch.max_batch(c, "v4:2x2x1", [None] * 4, report=lambda row: None,
                                plan_fn=_memory_model(40e9, 1e9, 32e9, []))
   assert found["max_per_device_batch"] == 0 and found["row"] is None and found["exact"]
+
+
+def test_next_probe_from_one_refused_plan_subtracts_the_train_state():
+  """flip_l16 on h100:8 at mask 0.5: 1024 per GPU needs 94.9 GB of 80.7 GB (0.62 GB of
+  train state): the line through the state and that plan meets the capacity at 869."""
+  from flip_jax import plan_batch
+  assert plan_batch.next_probe([], [(1024, 94.93e9)], 80.70e9, 8, fixed=0.62e9) == 864
+  # Kept off the bracket's outer eighths: progress even when the line says "just below".
+  assert plan_batch.next_probe([(512, 60e9)], [(1024, 80.8e9)], 80.7e9, 8) == 960
+  assert plan_batch.next_probe([(512, 60e9)], [], 80.7e9, 8) == 1024  # no line yet: double
