@@ -28,7 +28,12 @@ import threading
 import time
 
 import jax
+import numpy as np
 from absl import logging
+from jax._src import distributed as jax_distributed  # the client Orbax's barriers use too
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flip_jax import config_check
 
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: nothing is wrong with this process, restart the job
 _KEY_PREFIX = "flip_jax/alive/"
@@ -53,7 +58,6 @@ def _settings(config) -> dict:
 
 def initialize(config) -> bool:
   """Returns True when jax.distributed was initialised (then the peer watch runs too)."""
-  from flip_jax import config_check
   config_check.validate_distributed(config)
   kwargs = _settings(config)
   multi_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
@@ -110,7 +114,6 @@ def exit_after_error() -> None:
 
 
 def _client():
-  from jax._src import distributed as jax_distributed
   return jax_distributed.global_state.client  # the one Orbax's barriers use too
 
 
@@ -120,8 +123,6 @@ def _first_collective(timeout_s: int) -> None:
   which give a late process only 30 s (later ones wait as long as it takes): without this,
   a restart where one process compiles while another reads the persistent compilation
   cache can fail. Before the peer watch starts: a process waiting there holds the GIL."""
-  import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
   ones = jax.make_array_from_process_local_data(
       NamedSharding(mesh, P("all")), np.ones(jax.local_device_count(), np.int32))

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import re
 
+import jax.extend
+from jax._src.lib import xla_client  # XLA's generic HLO cost analysis: no public API
+
 from flip_jax import hlo_stats
 
 FMHA = {"__cudnn$fmhaSoftmax": 4, "__cudnn$fmhaSoftmaxBackward": 10}  # FLOPs / (B H T S D)
@@ -60,8 +63,6 @@ def cudnn_attention_calls(hlo: str) -> list[dict]:
 def cost_analysis(compiled) -> dict:
   """{'flops', 'bytes accessed', 'cudnn_attention_flops', 'cudnn_attention_calls'} per
   device of a deviceless GPU executable (see the module doc)."""
-  import jax.extend
-  from jax._src.lib import xla_client
   module = compiled.runtime_executable().hlo_modules()[0]
   generic = xla_client._xla.hlo_module_cost_analysis(  # noqa: SLF001 - no public API
       jax.extend.backend.get_backend("cpu"), module)

@@ -26,6 +26,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from importlib import metadata, util
+
+import jax
+from jax.experimental import topologies
 
 # XLA's PrimitiveType numbers, the keys of the unit-rate tables.
 _S8, _S32, _U8, _U32, _F16, _F32, _F64, _BF16 = 2, 4, 6, 8, 10, 11, 12, 16
@@ -99,7 +103,6 @@ def peak_bf16(gpu: Gpu) -> float:
 def _versions() -> dict:
   """CUDA toolkit and cuDNN versions of the installed NVIDIA wheels (what jax[cuda12]
   brings to a GPU machine). Read from package metadata: nothing is loaded."""
-  from importlib import metadata
   def version(dist, default):
     try:
       return tuple(int(x) for x in metadata.version(dist).split(".")[:3])
@@ -202,15 +205,12 @@ def topology_devices(name: str) -> list:
   if per_host > GPUS_PER_HOST:
     raise ValueError(f"GPU topology {name!r}: at most {GPUS_PER_HOST} GPUs per host; "
                      f"write {GPUS_PER_HOST * 2} GPUs as 2x{GPUS_PER_HOST}")
-  from importlib import util
   if util.find_spec("jax_plugins.xla_cuda12") is None:
     raise ValueError(f"GPU topology {name!r}: the CUDA plugin is not installed: "
                      "pip install -e '.[gpu-plan]'")
-  import jax
   if jax.config.jax_platforms != "cpu" and os.environ.get("JAX_PLATFORMS") != "cpu":
     raise ValueError(f"GPU topology {name!r}: set JAX_PLATFORMS=cpu before jax is imported "
                      "(otherwise the CUDA plugin looks for a GPU and registers no topology)")
-  from jax.experimental import topologies
   try:
     return topologies.get_topology_desc(platform="cuda", topology=f"1x{hosts}x{per_host}",
                                         target_config=target_config(gpu)).devices

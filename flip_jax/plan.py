@@ -68,9 +68,12 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import (config_check, gpu_cost, gpu_targets, hardware, hlo_stats,  # noqa: E402
-                      input_rate, sharding, train)
+from flip_jax import (config_check, config_io, gpu_cost, gpu_targets, hardware,  # noqa: E402
+                      hlo_stats, input_rate, plan_batch, sharding, train)
 
 GIB = hardware.GIB
 # Generations whose two TensorCores per chip run as one "megacore" JAX device (as on a
@@ -91,7 +94,6 @@ def topology_devices(name: str) -> list:
     raise ValueError(f"unknown TPU topology {name!r}: expected GENERATION:AxB[xC] with "
                      f"GENERATION in v3, v4, v5e, v5p, v6e; valid examples: {EXAMPLES}")
   generation, dims = match.group(1), [int(d) for d in match.group(2).split("x")]
-  from jax.experimental import topologies
   # Up to 2x2 chips per host (any slice divides into those); fewer for 1-chip slices.
   bounds = (min(2, dims[0]), min(2, dims[1]), 1)
   extra = {"chip_config_name": "megacore"} if generation in MEGACORE else {}
@@ -274,7 +276,6 @@ def plan_isolated(config, topology: str) -> dict:
   peak resident memory. A pod-size compile holds GBs of host memory that a process does not
   give back, so plans in one process add up; one each is also what a training host pays
   to compile that step. A process the OS kills (out of host memory) is reported as such."""
-  from flip_jax import config_io
   with tempfile.TemporaryDirectory(prefix="flip_jax_plan_") as tmp:
     config_io.write(config, tmp)
     proc = subprocess.run(
@@ -296,7 +297,6 @@ def plan_isolated(config, topology: str) -> dict:
 
 
 def _child(config_dir: str, topology: str) -> None:
-  from flip_jax import config_io
   try:
     row = plan(config_io.read(config_dir), topology)
   except (ValueError, config_check.ConfigError) as err:
@@ -391,8 +391,6 @@ def to_json(row: dict) -> str:
 
 
 def define_flags() -> dict:
-  from absl import flags
-  from ml_collections import config_flags
   out = dict(
       config=config_flags.DEFINE_config_file("config", None, "configs/*.py file",
                                              lock_config=False),
@@ -443,9 +441,8 @@ def main(argv, flags: dict):
       if ratio is not None:
         c.mask_ratio = float(ratio)
       if flags["max_batch"].value:
-        from flip_jax import plan_batch
         found = plan_batch.max_batch(
-            c, topology, devices, max_compiles=flags["max_compiles"].value,
+            c, topology, devices, max_compiles=flags["max_compiles"].value, plan_fn=plan,
             report=lambda row: print(table_row(row) + "\n" + to_json(row), flush=True))
         best = found.pop("row")
         print(f"largest that fits: per device {found['max_per_device_batch']}, global "

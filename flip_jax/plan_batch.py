@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import jax
 
-from flip_jax import plan, sharding
+from flip_jax import sharding
 
 
 def _probe(config, topology, devices, per_device: int, dp: int, plan_fn) -> dict:
@@ -67,9 +67,10 @@ def _resolution(lo: int, multiple: int) -> int:
 
 
 def max_batch(config, topology: str, devices, *, multiple: int = 8, max_compiles: int = 6,
-              report=print, plan_fn=plan.plan) -> dict:
+              plan_fn, report=print) -> dict:
   """{max_per_device_batch, max_global_batch, bracket, compiles, row (the largest that
-  fits, or None)}; `report` sees every probe's row."""
+  fits, or None)}; `plan_fn(config, topology, devices)` plans one batch (`plan.plan`),
+  `report` sees every probe's row."""
   dp = sharding.data_parallel_size(config.mesh, len(devices))
   fit, unfit, rows = [], [], {}
   per_device = max(multiple, config.batch_size // dp // multiple * multiple)

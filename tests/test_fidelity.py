@@ -10,7 +10,7 @@ import tokenizers
 from flax import nnx
 from scipy import stats
 
-from flip_jax import objectives, optim
+from flip_jax import objectives, optim, trees
 from flip_jax.data import tokenizer as tokenizer_lib
 from flip_jax.models import from_config, inits
 from flip_jax.models import text as text_lib
@@ -30,7 +30,7 @@ def shrink(c):
 
 def decay_table(c, model):
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  names = jax.tree.leaves(optim.param_paths(params))
+  names = jax.tree.leaves(trees.names(params))
   return dict(zip(names, jax.tree.leaves(optim.decay_mask(c, params))))
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flip_jax import config_check, gpu_cost, gpu_targets, hardware, hlo_stats, plan
+from flip_jax import config_check, gpu_cost, gpu_targets, hardware, hlo_stats, plan, plan_batch
 from flip_jax.models import attention
 from flip_jax.models.layers import Attention
 from helpers import load_config, tiny_flip_config
@@ -230,7 +230,6 @@ def _memory_model(base, per_sample, capacity, seen):
     (8, 1e9, 0.1e9, 304)])   # far too small: doubles, then extrapolates (at most 4x)
 def test_max_batch_finds_the_largest_multiple_of_8_in_few_compiles(start, base, per_sample,
                                                                    want):
-  from flip_jax import plan_batch
   c = load_config("flip_debug")
   c.batch_size = start * 4
   seen = []
@@ -244,7 +243,6 @@ def test_max_batch_finds_the_largest_multiple_of_8_in_few_compiles(start, base, 
 
 
 def test_max_batch_when_nothing_fits():
-  from flip_jax import plan_batch
   c = load_config("flip_debug")
   found = plan_batch.max_batch(c, "v4:2x2x1", [None] * 4, report=lambda row: None,
                                plan_fn=_memory_model(40e9, 1e9, 32e9, []))
@@ -254,7 +252,6 @@ def test_max_batch_when_nothing_fits():
 def test_next_probe_from_one_refused_plan_subtracts_the_train_state():
   """flip_l16 on h100:8 at mask 0.5: 1024 per GPU needs 94.9 GB of 80.7 GB (0.62 GB of
   train state): the line through the state and that plan meets the capacity at 869."""
-  from flip_jax import plan_batch
   assert plan_batch.next_probe([], [(1024, 94.93e9)], 80.70e9, 8, fixed=0.62e9) == 864
   # Kept off the bracket's outer eighths: progress even when the line says "just below".
   assert plan_batch.next_probe([(512, 60e9)], [(1024, 80.8e9)], 80.7e9, 8) == 960

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flip_jax import checkpoint, config_io, sharding, train
-from flip_jax.interop import rules
+from flip_jax import checkpoint, config_io, sharding, train, trees
 from flip_jax.models import layers, swin
 from helpers import random_batch, tiny_flip_config
 
@@ -44,7 +43,7 @@ def test_scanned_towers_equal_unrolled_on_8_devices(remat):
   mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
   loss_u, grads_u, params_u = loss_and_grads(scan_config(False, remat), mesh)
   loss_s, grads_s, params_s = loss_and_grads(scan_config(True, remat), mesh)
-  assert rules.flatten(params_u).keys() == rules.flatten(params_s).keys()
+  assert trees.flatten(params_u).keys() == trees.flatten(params_s).keys()
   for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_s)):
     np.testing.assert_array_equal(a, b)  # one layout, one init
   np.testing.assert_allclose(loss_s, loss_u, rtol=0, atol=1e-6)
@@ -53,14 +52,14 @@ def test_scanned_towers_equal_unrolled_on_8_devices(remat):
     no_drop = scan_config(True, remat)
     no_drop.model.image.drop_path = 0.0
     name = "image/encoder/blocks/2/mlp/fc1/kernel"
-    moved = rules.flatten(loss_and_grads(no_drop, mesh)[1])[name] - rules.flatten(grads_u)[name]
+    moved = trees.flatten(loss_and_grads(no_drop, mesh)[1])[name] - trees.flatten(grads_u)[name]
     assert np.abs(moved).max() > 1e-4
 
 
 def assert_grads_close(got, want):
   """Each gradient within 1e-6 of the other, relative to its largest entry where that
   exceeds 1 (the CLS token's gradient is ~30: float32 cannot do better than ~1e-6 there)."""
-  got, want = rules.flatten(got), rules.flatten(want)
+  got, want = trees.flatten(got), trees.flatten(want)
   assert got.keys() == want.keys()
   for name, g in want.items():
     scale = max(1.0, float(np.abs(g).max()))

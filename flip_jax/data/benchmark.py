@@ -36,7 +36,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 

@@ -9,7 +9,6 @@ Broken samples (a member without its pair, a caption that is empty or not UTF-8)
 shards that cannot be read come out as tombstones (see data/quality.py), to be counted
 and dropped downstream; `read_samples` gives the complete samples only.
 """
-import contextlib
 import re
 import tarfile
 import zlib

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from flip_jax import gpu_targets
+
 IMPLS = ("auto", "xla", "cudnn")
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -63,7 +65,6 @@ def compute_capability(device_kind: str) -> tuple[int, int] | None:
   for d in jax.devices():
     if d.device_kind == device_kind and hasattr(d, "compute_capability"):
       return tuple(int(x) for x in d.compute_capability.split("."))[:2]
-  from flip_jax import gpu_targets
   for gpu in gpu_targets.GPUS.values():
     if gpu.name == device_kind:
       return gpu.compute_capability

@@ -27,8 +27,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402  (also defines the distributed-barrier flag)
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from flip_jax import checkpoint, config_check, distributed, train, writers  # noqa: E402
 
 
 def _define_flags():
@@ -67,7 +72,6 @@ def shrink(config, steps: int, ckpt_every: int, processes: int = 1):
 
 def kill_steps(kills: int, steps: int, seed: int) -> list[int]:
   """Distinct, increasing steps in [2, steps - 2] (as many as fit)."""
-  import numpy as np
   candidates = np.arange(2, steps - 1)
   chosen = np.random.default_rng(seed).choice(candidates, min(kills, len(candidates)),
                                               replace=False)
@@ -75,7 +79,6 @@ def kill_steps(kills: int, steps: int, seed: int) -> list[int]:
 
 
 def last_step(workdir: str) -> int:
-  from flip_jax import writers
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return 0
@@ -87,13 +90,11 @@ def last_step(workdir: str) -> int:
 
 def newest_step(workdir: str) -> int:
   """The newest complete checkpoint's step (0: none)."""
-  import orbax.checkpoint as ocp
   ckpt_dir = os.path.join(workdir, "checkpoints")
   return max(ocp.utils.checkpoint_steps(ckpt_dir), default=0) if os.path.isdir(ckpt_dir) else 0
 
 
 def writers_truncate(workdir: str, step: int) -> None:
-  from flip_jax import writers
   try:
     writers.truncate_after(os.path.join(workdir, "metrics.jsonl"), step)
   except ValueError:  # a line cut by the kill: the restarted run truncates it itself
@@ -103,7 +104,6 @@ def writers_truncate(workdir: str, step: int) -> None:
 def victims(kills: int, processes: int, seed: int) -> list[int]:
   """Which process each kill hits: a random order of 0, 1, ..., N-1, 0, 1, ... (so process
   0, which hosts the coordination service, and the others are all hit when kills >= N)."""
-  import numpy as np
   rng = np.random.default_rng([seed, 1])
   return [int(p) for p in rng.permutation(np.resize(np.arange(processes), kills))]
 
@@ -192,9 +192,6 @@ class Trainer:
 
 def same_params(workdir_a: str, workdir_b: str, step: int) -> bool:
   """Both newest checkpoints are at `step` and hold bitwise equal params."""
-  import jax
-  import numpy as np
-  from flip_jax import checkpoint
   if {checkpoint.find_checkpoint_dir(d)[1] for d in (workdir_a, workdir_b)} != {step}:
     return False
   leaves_a, tree_a = jax.tree.flatten(checkpoint.load_params(workdir_a))
@@ -279,13 +276,11 @@ def soak(root: str) -> bool:
 def train_here(workdir: str) -> None:
   """One process of a run (as `flip_jax.main` runs it): joins the others if there are
   several, trains, and on a lost peer exits as `flip_jax.distributed` says."""
-  from flip_jax import config_check, distributed, train
   config = shrink(_CONFIG.value, _STEPS.value, _CKPT_EVERY.value, _PROCESSES.value)
   distributed.initialize(config)
   if _PROCESSES.value > 1:
     # Orbax's barriers through the coordination service, not a collective (gloo gives a
     # late process only 30 s), as tests/test_multihost.py does.
-    import orbax.checkpoint  # noqa: F401  (defines the flag)
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
   distributed.run(lambda: train.run(config, workdir),
                   alike=(config_check.ConfigError, train.NonFiniteError))
