@@ -108,21 +108,21 @@ def write_shards(out: str, shards: int, samples_per_shard: int = 400, seed: int 
   return paths
 
 
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
-_SHARDS = flags.DEFINE_integer("shards", 4, "Number of tar shards.")
-_SAMPLES = flags.DEFINE_integer("samples_per_shard", 400, "Samples per shard.")
-_SEED = flags.DEFINE_integer("seed", 0, "Everything random derives from it.")
-_MIN_SIDE = flags.DEFINE_integer("min_side", 256, "Smallest image side, px.")
-_MAX_SIDE = flags.DEFINE_integer("max_side", 1024, "Largest image side, px.")
-
-
 def main(argv) -> None:
   del argv
-  for path in write_shards(_OUT.value, _SHARDS.value, _SAMPLES.value, _SEED.value,
-                           _MIN_SIDE.value, _MAX_SIDE.value):
+  f = flags.FLAGS
+  for path in write_shards(f.out, f.shards, f.samples_per_shard, f.seed, f.min_side,
+                           f.max_side):
     print(path)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["out"])
+  # Flags only when run as the program: tests import this module beside data.pack, which
+  # defines --out too.
+  flags.DEFINE_string("out", None, "Output folder.", required=True)
+  flags.DEFINE_integer("shards", 4, "Number of tar shards.")
+  flags.DEFINE_integer("samples_per_shard", 400, "Samples per shard.")
+  flags.DEFINE_integer("seed", 0, "Everything random derives from it.")
+  flags.DEFINE_integer("min_side", 256, "Smallest image side, px.")
+  flags.DEFINE_integer("max_side", 1024, "Largest image side, px.")
   app.run(main)
