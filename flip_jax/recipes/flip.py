@@ -22,7 +22,6 @@ def laion_config(arg=None):
   # The official code's MLPs use flax's nn.gelu, the tanh approximation, in both towers.
   c.model.image.update(pos_emb="sincos2d", cls_token=True, pool="gap", act="gelu_tanh")
   c.model.text.update(causal=False, pool="first", act="gelu_tanh")
-  c.model.image.scan = c.model.text.scan = True  # compile one block per tower (pod scale)
   c.tokenizer = "bert-base-uncased"
   c.text_len = 32
   c.data.update(source="wds", rrc_area=(0.5, 1.0), rrc_ratio=(3 / 4, 4 / 3), flip=True)
