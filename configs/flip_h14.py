@@ -5,7 +5,7 @@ Argument `unmasked`: the unmasked-tuning recipe; see flip_b16.py.
 Memory on the paper's v3-512 (512 cores, 16 GiB each) at batch 65,536, from
 `python -m flip_jax.plan --config=configs/flip_h14.py --topology=v3:16x16`: at mask 0.5
 the step needs 33.5 GiB per core without remat and 17.4 GiB with the image tower's
-matmul outputs saved ('dots'); with both towers on 'dots' it fits (15.5 GiB, predicted
+non-batched matmul outputs saved ('dots_no_batch'); with both towers on it, it fits (15.5 GiB, predicted
 1.21 s a step, MFU 0.95; at mask 0.75 11.5 GiB, 0.69 s, planned with the erf GELU: with
 the tanh one, XLA's TPU compile at 0.75 needed more than the 23 GB of host memory the
 planner ran on). Unmasked

@@ -39,7 +39,6 @@ def laion_config(arg=None):
                        init="flip")
   c.model.text.update(causal=False, pool="first", act="gelu_tanh", init="flip",
                       special_tokens=False, padding_mask=False)
-  c.model.image.scan = c.model.text.scan = True  # compile one block per tower (pod scale)
   c.tokenizer = "bert-base-uncased"
   c.text_len = 32
   c.data.update(source="wds", rrc_area=(0.5, 1.0), rrc_ratio=(3 / 4, 4 / 3), flip=True,
