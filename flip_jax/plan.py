@@ -353,8 +353,8 @@ COLUMNS = [("mask", "mask_ratio", "{:.2f}"), ("mesh d/f/t", "mesh", None),
            ("coll GB/dev", "collective_traffic_per_device", "giga"),
            ("step s", "predicted_step_s", "{:.3f}"), ("MFU", "predicted_mfu", "{:.3f}"),
            ("img/s", "predicted_images_per_s", "{:.0f}"), ("attn", "attention", "{}"),
-           ("data bound", "data_bound", "{}"), ("compile s", "compile_s", "{:.0f}"),
-           ("host GiB", "host_peak_rss_gib", "{:.1f}")]
+           ("compile s", "compile_s", "{:.0f}"), ("host GiB", "host_peak_rss_gib", "{:.1f}"),
+           ("data bound", "data_bound", "{}")]
 
 
 def table_row(row: dict) -> str:

@@ -83,7 +83,8 @@ class OracleFeatures:
     self._image = {r.tobytes(): e for r, e in zip(image_rows, image_emb)}
     self._text = {r.tobytes(): e for r, e in zip(token_rows, text_emb)}
 
-  def image(self, images):
+  def image(self, images, kind: str = ""):
+    del kind  # one representation: the table's
     rows = images[np.arange(len(images))]
     return np.stack([self._image[r.tobytes()] for r in rows])
 
