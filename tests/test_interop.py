@@ -137,6 +137,7 @@ def test_training_checkpoint_orbax_export_and_inference(tmp_path):
   c.total_samples = 16 * 2
   workdir = str(tmp_path / "run")
   state = train.run(c, workdir)["state"]
+  c = config_io.read(workdir)  # the run's resolved config: the text tower sized to its vocab
   trainer = train.Trainer(c, sharding.make_mesh({"data": -1}))
   net = trainer.model(jax.device_get(state))
 
