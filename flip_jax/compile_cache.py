@@ -17,7 +17,7 @@ OFF = "none"
 
 def directory(config, workdir: str) -> str | None:
   """Where the cache lives for this run, or None when it is off."""
-  path = config.get("compile_cache_dir", "")
+  path = config.compile_cache_dir
   if path == OFF:
     return None
   return path or os.path.join(workdir, "compile_cache")

@@ -145,4 +145,4 @@ def get_tokenizer(config, workdir) -> TextTokenizer:
   else:
     tokenizer = _load_from_hub(spec)
   return TextTokenizer(tokenizer, config.text_len,
-                       special_tokens=config.model.text.get("special_tokens", True))
+                       special_tokens=config.model.text.special_tokens)

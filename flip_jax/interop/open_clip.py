@@ -217,7 +217,7 @@ def check_representable(config: ml_collections.ConfigDict) -> None:
             "all tokens; use pool='cls'")
   if not i.ln_post:
     _refuse("image.ln_post=False", "open_clip always applies ln_post")
-  if not t.causal and t.get("padding_mask", True):
+  if not t.causal and t.padding_mask:
     _refuse("text.causal=False with text.padding_mask=True", "open_clip's no_causal_mask=True "
             "lets every token attend to padding, and its model config cannot enable a "
             "padding mask (padding_mask=False, official FLIP's, exports)")
