@@ -130,13 +130,15 @@ def test_restart_reads_the_step_from_the_compile_cache(tmp_path):
   first of all) is in `<workdir>/compile_cache`, and both starts log compile_s."""
   from flip_jax import writers
   c = tiny_flip_config()
-  c.total_samples = 16 * 2
+  # Neither start reaches the run's last step, whose end-of-run logging jits more: both
+  # starts run the same programs, whatever earlier tests left in jax's in-memory caches.
+  c.total_samples = 16 * 3
   workdir = str(tmp_path / "run")
   cache = os.path.join(workdir, "compile_cache")
   train.run(c, workdir, until_step=1)
   entries = sorted(os.listdir(cache))
   assert entries  # the step, at least
-  train.run(c, workdir)
+  train.run(c, workdir, until_step=2)
   assert sorted(os.listdir(cache)) == entries
   rows = [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
           if "compile_s" in r]
