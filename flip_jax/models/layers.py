@@ -71,6 +71,7 @@ class LayerNorm(nnx.Module):
     self.scale = param(rngs, jax.nn.initializers.ones, (width,), ("embed",))
     self.bias = param(rngs, jax.nn.initializers.zeros, (width,), ("embed",))
 
+  @jax.named_scope("layer_norm")  # the step profile's 'norm' (flip_jax/step_profile.py)
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
@@ -121,7 +122,9 @@ class Mlp(nnx.Module):
                      init=fc2_init)
 
   def __call__(self, x):
-    h = self.act(self.fc1(x))
+    h = self.fc1(x)
+    with jax.named_scope("mlp_activation"):  # the step profile's 'activation'
+      h = self.act(h)
     h = sharding.constrain(h, ("batch", "length", "mlp"))
     return self.fc2(h)
 
