@@ -15,8 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flip_jax import sharding
-from flip_jax.models import attention
+from flip_jax.models import attention, dense_matmul
 from flip_jax.models.inits import BlockInits, block_inits
+from flip_jax.models.materialize import materialize
 
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -56,8 +57,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x):
     k = self.kernel[...].astype(self.dtype)
-    axes = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), k, (axes, ((), ())))
+    y = dense_matmul.matmul(x.astype(self.dtype), k, self.n_in)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -239,6 +239,9 @@ class Encoder(nnx.Module):
       else:
         x = nnx.remat(lambda b, h, k: b(h, k, mask=mask, causal=causal),
                       policy=REMAT_POLICIES[self.remat])(block, x, r)
+      # The residual stream and its gradient in memory between blocks on CPU (a scan's
+      # carry already is): no O(depth²) recomputation, see models/materialize.py.
+      x = materialize(x)
     return x
 
   def _scanned(self, x, rng, *, mask, causal):
