@@ -1,6 +1,7 @@
-"""The CPU-only graph rewrites (models/materialize.py, models/dense_matmul.py) change how
-XLA:CPU runs a step, not what it computes: FLIP's loss and gradients on one CPU device
-equal those of the plain graph (Dense as one dot_general, the residual stream left to XLA)."""
+"""The CPU-only graph rewrites (models/materialize.py, models/dense_matmul.py, the fused
+q/k/v matmul of layers.Attention) change how XLA:CPU runs a step, not what it computes:
+FLIP's loss and gradients on one CPU device equal those of the plain graph (each Dense one
+dot_general, q/k/v three of them, the residual stream left to XLA) within 1e-6."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,16 +42,21 @@ def test_rewritten_step_equals_plain_graph(monkeypatch, mask_ratio):
   c.model.image.update(depth=3, drop_path=0.1)
   one_cpu = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
   (loss, grads), hlo = loss_and_grads(c, one_cpu)
-  assert " while(" in hlo  # the rewrites are in this graph (their copy loops)
   monkeypatch.setattr(dense_matmul, "matmul", reference_matmul)
-  monkeypatch.setattr(layers, "materialize", lambda x: x)
+  monkeypatch.setattr(materialize, "materialize", lambda x: x)
+  monkeypatch.setattr(layers.Attention, "_fused_qkv", lambda self, x: (self.q(x), self.k(x),
+                                                                        self.v(x)))
   (loss_ref, grads_ref), hlo_ref = loss_and_grads(c, one_cpu)
-  assert " while(" not in hlo_ref
+  # the rewrites were in the first graph: their copy loops (the RNG has loops of its own)
+  assert hlo.count(" while(") > hlo_ref.count(" while(")
   np.testing.assert_allclose(loss, loss_ref, rtol=1e-6, atol=1e-6)
   got, want = trees.flatten(grads), trees.flatten(grads_ref)
   assert got.keys() == want.keys()
   for name, g in want.items():
-    np.testing.assert_allclose(got[name], g, rtol=1e-6, atol=1e-6, err_msg=name)
+    # 1e-6 relative to the leaf's largest entry where that exceeds 1 (as test_scan: the
+    # CLS token's gradient is ~10, float32 sums in another order differ by ~1e-6 of that)
+    scale = max(1.0, float(np.abs(g).max()))
+    np.testing.assert_allclose(got[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)
 
 
 def test_rewrites_only_on_one_cpu_device():

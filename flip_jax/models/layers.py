@@ -15,9 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flip_jax import sharding
-from flip_jax.models import attention, dense_matmul
+from flip_jax.models import attention, dense_matmul, materialize
 from flip_jax.models.inits import BlockInits, block_inits
-from flip_jax.models.materialize import materialize
 
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -107,9 +106,27 @@ class Attention(nnx.Module):
   def __call__(self, x, kv=None, *, mask=None, causal=False):
     """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
     or an attention.KeyPadding."""
-    kv = x if kv is None else kv
-    q, k, v = self.q(x), self.k(kv), self.v(kv)
+    if kv is None and materialize.on_one_cpu():
+      q, k, v = self._fused_qkv(x)
+    else:
+      kv = x if kv is None else kv
+      q, k, v = self.q(x), self.k(kv), self.v(kv)
     return self.out(attention.attend(self.impl, q, k, v, mask=mask, causal=causal))
+
+  def _fused_qkv(self, x):
+    """q, k, v of self-attention as one matmul with the three kernels side by side
+    (concatenated in the step: the params keep their q/k/v layout). The same values as
+    three Dense calls; on one CPU device (where it is used) one wide matmul runs faster
+    than three, and the backward pass copies the input transposed once, not three times
+    (models/dense_matmul.py)."""
+    dense = (self.q, self.k, self.v)
+    kernel = jnp.concatenate([d.kernel[...].astype(self.dtype).reshape(d.kernel.shape[0], -1)
+                              for d in dense], axis=1)
+    y = dense_matmul.matmul(x.astype(self.dtype), kernel, 1)
+    if self.q.bias is not None:
+      y = y + jnp.concatenate([d.bias[...].astype(self.dtype).reshape(-1) for d in dense])
+    return [part.reshape(x.shape[:-1] + d.kernel.shape[1:])
+            for part, d in zip(jnp.split(y, 3, axis=-1), dense)]
 
 
 class Mlp(nnx.Module):
@@ -241,7 +258,7 @@ class Encoder(nnx.Module):
                       policy=REMAT_POLICIES[self.remat])(block, x, r)
       # The residual stream and its gradient in memory between blocks on CPU (a scan's
       # carry already is): no O(depth²) recomputation, see models/materialize.py.
-      x = materialize(x)
+      x = materialize.materialize(x)
     return x
 
   def _scanned(self, x, rng, *, mask, causal):
