@@ -116,9 +116,10 @@ class Attention(nnx.Module):
   def _fused_qkv(self, x):
     """q, k, v of self-attention as one matmul with the three kernels side by side
     (concatenated in the step: the params keep their q/k/v layout). The same values as
-    three Dense calls; on one CPU device (where it is used) one wide matmul runs faster
-    than three, and the backward pass copies the input transposed once, not three times
-    (models/dense_matmul.py)."""
+    three Dense calls; used on one CPU device, where one wide matmul replaces three and
+    the backward pass copies the input transposed once, not three times
+    (models/dense_matmul.py). Its speed-up alone was not measured apart from the other
+    CPU rewrites."""
     dense = (self.q, self.k, self.v)
     kernel = jnp.concatenate([d.kernel[...].astype(self.dtype).reshape(d.kernel.shape[0], -1)
                               for d in dense], axis=1)
