@@ -138,7 +138,7 @@ def _oom_from(message: str) -> OutOfMemory:
 
 def _batch_sds(trainer) -> dict:
   return {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_shardings[k])
-          for k, s in trainer.objective.batch_spec().items()}
+          for k, s in trainer.objective.host_batch_spec().items()}
 
 
 def compile_step(trainer, state):
