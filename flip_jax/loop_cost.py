@@ -11,7 +11,8 @@ of one layer where there are `depth`. The planner adds the other iterations:
   added (a few % of a transformer layer's FLOPs).
 - Bytes: each loop body's top-level instructions in the optimized HLO (fusions, copies,
   collectives: what reads and writes memory), operands plus results, times the trip
-  count less one, as XLA counts bytes for an instruction outside a loop.
+  count less one, as XLA counts bytes for an instruction outside a loop; of an array
+  stacked over the iterations (leading dim = trip count) one slice counts.
 
 Without scanned layers both corrections are 0 and the plan is XLA's figures unchanged.
 """
@@ -73,27 +74,35 @@ def extra_flops(jaxpr, num_devices: int) -> float:
   return (matmul_flops(jaxpr) - matmul_flops(jaxpr, scan_trips=False)) / num_devices
 
 
-def _instruction_bytes(body: list[str]) -> dict[str, int]:
-  """name -> result bytes of every instruction of a computation."""
-  sizes = {}
+def _instruction_shapes(body: list[str]) -> dict[str, list]:
+  """name -> result array shapes of every instruction of a computation."""
+  shapes = {}
   for line in body:
     instr = hlo_stats._INSTR.match(line)  # noqa: SLF001 - the same HLO text reader
     if instr:
       name = line.split("=", 1)[0].strip().removeprefix("ROOT ").lstrip("%")
-      sizes[name] = hlo_stats.nbytes(hlo_stats.array_shapes(instr.group(1)))
-  return sizes
+      shapes[name] = hlo_stats.array_shapes(instr.group(1))
+  return shapes
 
 
-def _body_bytes(body: list[str]) -> int:
-  sizes = _instruction_bytes(body)
-  total = 0
+def _touched(shapes, trips: int) -> float:
+  """Bytes an iteration touches of these arrays: one slice of an array stacked over the
+  loop's iterations (leading dim = trip count: the stacked params, the residuals saved for
+  the backward pass), which a dynamic-(update-)slice reads or writes, else all of it."""
+  return sum(hlo_stats.nbytes([(dt, dims)]) / (trips if dims and dims[0] == trips else 1)
+             for dt, dims in shapes)
+
+
+def _body_bytes(body: list[str], trips: int) -> float:
+  shapes = _instruction_shapes(body)
+  total = 0.0
   for line in body:
     instr = hlo_stats._INSTR.match(line)  # noqa: SLF001
     if not instr or instr.group(2) in _FREE:
       continue
     result, _, rest = instr.groups()
-    total += hlo_stats.nbytes(hlo_stats.array_shapes(result))
-    total += sum(sizes.get(name, 0) for name in _operand_names(rest))
+    total += _touched(hlo_stats.array_shapes(result), trips)
+    total += sum(_touched(shapes.get(name, []), trips) for name in _operand_names(rest))
   return total
 
 
@@ -119,7 +128,7 @@ def extra_bytes(hlo: str) -> float:
       callees = dict(hlo_stats._CALLEES.findall(rest))  # noqa: SLF001
       if opcode == "while":
         n = hlo_stats.trip_count(rest, bodies)
-        extra += times * (n - 1) * _body_bytes(bodies[callees["body"]])
+        extra += times * (n - 1) * _body_bytes(bodies[callees["body"]], n)
         walk(callees["body"], times * n)
       elif opcode == "call":
         walk(callees["to_apply"], times)

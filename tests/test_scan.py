@@ -173,7 +173,7 @@ def test_plan_counts_every_scanned_layer():
   np.testing.assert_allclose(scanned["flops_per_device"], rows[False]["flops_per_device"],
                              rtol=0.2)
   np.testing.assert_allclose(scanned["bytes_accessed_per_device"],
-                             rows[False]["bytes_accessed_per_device"], rtol=0.15)
+                             rows[False]["bytes_accessed_per_device"], rtol=0.3)
 
 
 def test_trip_count_of_a_tpu_while_loop():
