@@ -106,7 +106,7 @@ def time_step(config, steps: int, profile: bool = False
   trainer = train.Trainer(config, mesh)
   rng = np.random.default_rng(0)
   batch = {}
-  for k, s in trainer.objective.batch_spec().items():
+  for k, s in trainer.objective.host_batch_spec().items():
     if np.issubdtype(s.dtype, np.integer):
       batch[k] = rng.integers(0, 100, s.shape).astype(s.dtype)
     else:
@@ -120,7 +120,8 @@ def time_step(config, steps: int, profile: bool = False
       split, state = step_profile.profile(trainer.step, state, batch, hlo, steps)
     parts = {}
     for name, fn in trainer.objective.benchmark_parts().items():
-      part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e), b))
+      part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e),
+                                                 trainer.objective.prepare(b)))
       parts[name] = _median_seconds(part, (state["params"], state["extra"], batch), steps)
     # The tail alone, donating the state as the step does (so it updates in place).
     update = jax.jit(trainer.apply_gradients, in_shardings=(trainer.shardings,

@@ -48,8 +48,7 @@ def cudnn_attention_calls(hlo: str) -> list[dict]:
         continue
       callees = dict(hlo_stats._CALLEES.findall(rest))  # noqa: SLF001
       if opcode == "while":
-        trip = hlo_stats._TRIP.search(rest)  # noqa: SLF001
-        walk(callees["body"], times * (int(trip.group(1)) if trip else 1))
+        walk(callees["body"], times * hlo_stats.trip_count(rest, bodies))
       elif opcode == "call":
         walk(callees["to_apply"], times)
       elif opcode == "conditional":

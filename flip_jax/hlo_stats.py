@@ -2,8 +2,8 @@
 
 Reads `compiled.as_text()`. Counted are the collective instructions of the computations
 that run as control flow (the entry, and while/conditional/call bodies, a while body
-once per known trip count); fused computations are reached only through the fusion
-that calls them. The TPU compiler turns a reduce-scatter into a fusion around an
+once per trip: see `trip_count`); fused computations are reached only through the
+fusion that calls them. The TPU compiler turns a reduce-scatter into a fusion around an
 all-reduce (a computation named `all-reduce-scatter*`), so such a fusion is counted as
 one reduce-scatter of its input.
 
@@ -29,6 +29,28 @@ _CALLEES = re.compile(r"\b(body|condition|to_apply|calls)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _TRUE_FALSE = re.compile(r"\b(?:true|false)_computation=%([\w.\-]+)")
+
+
+_CONSTANT = re.compile(r"^\s*%([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
+_LESS_THAN = re.compile(r"^\s*ROOT %[\w.\-]+ = pred\[\]\S* compare\(%[\w.\-]+, %([\w.\-]+)\)"
+                        r".*direction=LT")
+
+
+def trip_count(attrs: str, bodies: dict) -> int:
+  """How many times a while loop runs: its `known_trip_count` (GPU, CPU), else the bound
+  of a condition `counter < N` with N a constant (the TPU compiler's text of a
+  `jax.lax.scan`, whose counter starts at 0); 1 when neither says."""
+  known = _TRIP.search(attrs)
+  if known:
+    return int(known.group(1))
+  condition = dict(_CALLEES.findall(attrs)).get("condition")
+  lines = bodies.get(condition, [])
+  constants = dict(m.groups() for m in map(_CONSTANT.match, lines) if m)
+  for line in lines:
+    bound = _LESS_THAN.match(line)
+    if bound and bound.group(1) in constants:
+      return int(constants[bound.group(1)])
+  return 1
 
 
 def branches(attrs: str) -> list[str]:
@@ -127,8 +149,7 @@ def collectives(hlo: str, num_devices: int) -> list[dict]:
         inner = next(l for l in bodies[callees["calls"]] if " all-reduce(" in l)
         record("reduce-scatter", array_shapes(signatures[callees["calls"]]), inner, times)
       elif opcode == "while":
-        trip = _TRIP.search(rest)
-        walk(callees["body"], times * (int(trip.group(1)) if trip else 1))
+        walk(callees["body"], times * trip_count(rest, bodies))
       elif opcode == "call":
         walk(callees["to_apply"], times)
       elif opcode == "conditional":

@@ -73,7 +73,7 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flip_jax import (config_check, config_io, gpu_cost, gpu_targets, hardware,  # noqa: E402
-                      hlo_stats, input_rate, plan_batch, sharding, train)
+                      hlo_stats, input_rate, loop_cost, plan_batch, sharding, train)
 
 GIB = hardware.GIB
 # Generations whose two TensorCores per chip run as one "megacore" JAX device (as on a
@@ -138,16 +138,18 @@ def _oom_from(message: str) -> OutOfMemory:
 
 def _batch_sds(trainer) -> dict:
   return {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_shardings[k])
-          for k, s in trainer.objective.batch_spec().items()}
+          for k, s in trainer.objective.host_batch_spec().items()}
 
 
 def compile_step(trainer, state):
-  """The trainer's jitted step lowered on the abstract `state` and batch, compiled for the
-  mesh's devices. Raises OutOfMemory when XLA finds it cannot fit."""
+  """The trainer's jitted step traced and lowered on the abstract `state` and batch, and
+  compiled for the mesh's devices: (compiled, the step's jaxpr). Raises OutOfMemory when
+  XLA finds it cannot fit."""
   with jax.set_mesh(trainer.mesh):
-    lowered = trainer.step.lower(state, _batch_sds(trainer))
+    traced = trainer.step.trace(state, _batch_sds(trainer))
+    lowered = traced.lower()
   try:
-    return lowered.compile()
+    return lowered.compile(), traced.jaxpr.jaxpr
   except jax.errors.JaxRuntimeError as err:
     if "RESOURCE_EXHAUSTED" in str(err) and "hbm" in str(err).lower():
       raise _oom_from(str(err)) from None
@@ -205,7 +207,7 @@ def plan(config, topology: str, devices=None) -> dict:
   inputs = row["state_bytes_per_device"] + _per_device_bytes(_batch_sds(trainer))
   t0 = time.perf_counter()
   try:
-    compiled = compile_step(trainer, state)
+    compiled, jaxpr = compile_step(trainer, state)
   except OutOfMemory as oom:
     required = oom.required
     if required is not None and "temporaries" in oom.message:
@@ -217,11 +219,11 @@ def plan(config, topology: str, devices=None) -> dict:
       row["shortfall_gib"] = (required - (oom.available or spec.hbm_bytes)) / GIB
     return row
   row["compile_s"] = time.perf_counter() - t0
-  row.update(_analyse(trainer, state, compiled, spec, len(devices)))
+  row.update(_analyse(trainer, state, compiled, jaxpr, spec, len(devices)))
   return row
 
 
-def _analyse(trainer, state, compiled, spec, num_devices) -> dict:
+def _analyse(trainer, state, compiled, jaxpr, spec, num_devices) -> dict:
   m = compiled.memory_analysis()
   memory = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
                 aliased=m.alias_size_in_bytes, temporaries=m.temp_size_in_bytes,
@@ -233,7 +235,9 @@ def _analyse(trainer, state, compiled, spec, num_devices) -> dict:
   gpu = cost is None  # a deviceless CUDA executable has none (flip_jax/gpu_cost.py)
   if gpu:
     cost = gpu_cost.cost_analysis(compiled)
-  records = hlo_stats.collectives(compiled.as_text(), num_devices)
+  hlo = compiled.as_text()
+  cost = loop_cost.correct(cost, jaxpr, hlo, num_devices)  # scanned layers: XLA counts 1
+  records = hlo_stats.collectives(hlo, num_devices)
   # Collectives over arrays shaped like a weight (trained or extra): FSDP's gathers and
   # gradient reductions, told apart from the loss's gathers over the batch.
   weight_dims = {tuple(x.shape) for x in jax.tree.leaves((state["params"], state["extra"]))}
@@ -246,6 +250,7 @@ def _analyse(trainer, state, compiled, spec, num_devices) -> dict:
   out = dict(
       hbm_bytes_per_device=hbm, fits=hbm <= spec.hbm_bytes, memory=memory,
       flops_per_device=cost["flops"], bytes_accessed_per_device=cost["bytes accessed"],
+      loop_flops_added=cost["loop_flops_added"], loop_bytes_added=cost["loop_bytes_added"],
       collectives=_counts(records, hlo_stats.KINDS),
       weight_collectives=_counts(weight_records, ("all-gather", "reduce-scatter", "all-reduce")),
       collective_traffic_per_device=traffic, model_flops_per_step=model_flops)

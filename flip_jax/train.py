@@ -59,7 +59,7 @@ class Trainer:
                   "nonfinite": {k: P() for k in NONFINITE_COUNTS}}
     self.shardings = sharding.named(mesh, self.specs)
     self.batch_shardings = {k: jax.NamedSharding(mesh, sharding.batch_spec(len(v.shape)))
-                            for k, v in self.objective.batch_spec().items()}
+                            for k, v in self.objective.host_batch_spec().items()}
     self.rng = jax.random.key(config.seed + 1)
     self.init = jax.jit(self._init, out_shardings=self.shardings)
     self.step = jax.jit(self._step, in_shardings=(self.shardings, self.batch_shardings),
@@ -102,7 +102,7 @@ class Trainer:
 
     def loss_fn(params):
       model = nnx.merge(self.graphdef, params, state["extra"])
-      return self.objective.loss(model, batch, rng, step)
+      return self.objective.loss(model, self.objective.prepare(batch), rng, step)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     new, norms = self.apply_gradients(state, grads)

@@ -87,7 +87,7 @@ def test_wds_batches(wds_glob, tokenizer):
   config = wds_config(wds_glob)
   config.batch_size = 8
   batch = next(data.build_train(config, tokenizer))
-  assert batch["image"].shape == (8, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (8, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
   assert batch["text"].shape == (8, 32) and batch["text"].dtype == np.int32
 
 

@@ -247,7 +247,7 @@ def test_benchmark_reports_each_setting_and_the_stages(shards, tmp_path):
   assert stages["setting"] == "stages" and stages["images"] == 12
   assert math.isclose(sum(stages["share"].values()), 1.0, abs_tol=0.01)
   assert set(stages["ms_per_image"]) == {"read", "decode", "crop_resize", "flip", "batch",
-                                         "normalise", "tokenise"}
+                                         "tokenise"}
   assert 0 < stages["decoded_pixel_fraction"] < 0.5  # 16 px crops of >= 64 px images
   assert [(r["pipeline"], r["num_workers"], r["cores"]) for r in runs] == [
       ("flip_jax", 0, 1), ("flip_jax", 1, 1)]

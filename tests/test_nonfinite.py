@@ -52,7 +52,8 @@ class NaNFrom(grain.DatasetIterator):
     batch = next(self._parent)
     self._count += 1
     if self._count >= self._first:
-      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      # float images pass the step's normalisation unchanged (uint8 cannot hold NaN)
+      batch = dict(batch, image=np.full(batch["image"].shape, np.nan, np.float32))
     return batch
 
   def get_state(self):

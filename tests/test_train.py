@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from flip_jax import checkpoint, sharding, train, writers
+from flip_jax.data import transforms
 from helpers import random_batch, tiny_flip_config
 
 
@@ -122,3 +123,22 @@ def test_init_from_rejects_a_checkpoint_of_another_shape(tmp_path):
   trainer = train.Trainer(other, sharding.make_mesh({"data": -1}))
   with pytest.raises(ValueError, match=r"param 'image/.*' has shape"):
     train.load_init_params(trainer, str(tmp_path / "pre"))
+
+
+def test_step_on_uint8_images_equals_step_on_host_normalised_images():
+  """The pipeline sends uint8 images and the step normalises them on the device
+  (Objective.prepare); a host-normalised float batch trains the same."""
+  c = tiny_flip_config()
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  trainer = train.Trainer(c, mesh)
+  batch = random_batch(c)
+  pixels = np.random.default_rng(1).integers(0, 256, batch["image"].shape, dtype=np.uint8)
+  results = []
+  with jax.set_mesh(mesh):
+    for image in (pixels, transforms.normalize(pixels, c.data.mean, c.data.std)):
+      state, metrics = trainer.step(trainer.init(), dict(batch, image=image))
+      results.append(jax.device_get((state["params"], metrics["loss"])))
+  (params_u8, loss_u8), (params_f32, loss_f32) = results
+  np.testing.assert_allclose(loss_u8, loss_f32, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_u8), jax.tree.leaves(params_f32)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -2,7 +2,7 @@
 as a checkpointable grain `DatasetIterator`.
 
 What a batch holds is `config.data.format`, a name in `FORMATS`: each format says how a
-decoded record is augmented and how a batch of them is finished (normalised, tokenised).
+decoded record is augmented and how a batch of them is finished (tokenised; images stay uint8 for the device).
 Objectives name the format they train on; this package knows none of them.
 """
 import dataclasses
@@ -41,11 +41,13 @@ class BatchFormat:
   augment(records, config) -> records: the random training views of records already
   decoded and cropped (`random_crop`);
   view(records, config) -> records: the deterministic evaluation view (validation loss);
-  finish(config, tokenizer) -> a grain Map applied to each batch (normalise, tokenise).
+  finish(config, tokenizer) -> a grain Map applied to each batch (tokenise), or None.
+  Images stay uint8 [b, S, S, 3] in every format: the train step normalises them on the
+  device (`Objective.prepare`).
   """
   augment: Callable
   view: Callable
-  finish: Callable
+  finish: Callable | None = None
   needs_tokenizer: bool = False
 
 
@@ -67,29 +69,26 @@ def two_views(records, config):
 
 
 FORMATS: dict[str, BatchFormat] = {
-    # {'image': float32 [b, S, S, 3], 'text': int32 [b, text_len]} (CLIP/FLIP)
+    # {'image': uint8 [b, S, S, 3], 'text': int32 [b, text_len]} (CLIP/FLIP)
     "image_text": BatchFormat(
         augment=lambda r, c: flip(r.random_map(transforms.PickCaption()), c),
         view=lambda r, c: _center(r.map(transforms.FirstCaption()), c),
-        finish=lambda c, tok: transforms.NormalizeAndTokenize(tok, c.data.mean, c.data.std),
+        finish=lambda c, tok: transforms.TokenizeCaptions(tok),
         needs_tokenizer=True),
-    # {'image': float32 [b, S, S, 3]} (masked image modeling)
+    # {'image': uint8 [b, S, S, 3]} (masked image modeling)
     "image": BatchFormat(
         augment=lambda r, c: flip(r.map(transforms.Select(("image",))), c),
-        view=lambda r, c: _center(r.map(transforms.Select(("image",))), c),
-        finish=lambda c, tok: transforms.NormalizeImages(c.data.mean, c.data.std)),
-    # {'image': float32 [b, S, S, 3], 'label': int32 [b]} (supervised fine-tuning)
+        view=lambda r, c: _center(r.map(transforms.Select(("image",))), c)),
+    # {'image': uint8 [b, S, S, 3], 'label': int32 [b]} (supervised fine-tuning)
     "image_label": BatchFormat(
         augment=lambda r, c: flip(r.map(transforms.Select(("image", "label"))), c),
-        view=lambda r, c: _center(r.map(transforms.Select(("image", "label"))), c),
-        finish=lambda c, tok: transforms.NormalizeImages(c.data.mean, c.data.std)),
-    # {'image', 'image2': float32 [b, S, S, 3]}: two views of one crop (ExtreMA); the
+        view=lambda r, c: _center(r.map(transforms.Select(("image", "label"))), c)),
+    # {'image', 'image2': uint8 [b, S, S, 3]}: two views of one crop (ExtreMA); the
     # evaluation view is the centre crop twice.
     "two_views": BatchFormat(
         augment=two_views,
         view=lambda r, c: _center(r.map(transforms.Select(("image",))), c).map(
-            transforms.CopyField("image", "image2")),
-        finish=lambda c, tok: transforms.NormalizeImages(c.data.mean, c.data.std)),
+            transforms.CopyField("image", "image2"))),
 }
 
 
@@ -127,8 +126,7 @@ def build_train(config, tokenizer, *, process_index: int = 0,
     records = grain.experimental.WindowShuffleIterDataset(
         records, window_size=config.data.shuffle_buffer, seed=seed)
     records = _augment(records.seed(seed), config)
-  batches = records.batch(local_batch, drop_remainder=True).map(
-      FORMATS[config.data.format].finish(config, tokenizer))
+  batches = _finish(records.batch(local_batch, drop_remainder=True), config, tokenizer)
   if config.data.num_workers > 0:
     batches = batches.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=config.data.num_workers))
@@ -147,4 +145,9 @@ def build_eval_batches(config, tokenizer, *, dataset: str = "digits", split: str
   fmt = FORMATS[config.data.format]
   records = sources.named_records(config, dataset, split, data_dir)
   records = fmt.view(records.map(transforms.DecodeImage()), config)
-  return records.batch(batch_size, drop_remainder=True).map(fmt.finish(config, tokenizer))
+  return _finish(records.batch(batch_size, drop_remainder=True), config, tokenizer)
+
+
+def _finish(batches, config, tokenizer):
+  finish = FORMATS[config.data.format].finish
+  return batches.map(finish(config, tokenizer)) if finish else batches

@@ -106,7 +106,9 @@ class Features:
     `state` = (params, extra)."""
     text = objective.text_features if objective.has_text else None
     return cls(objective.image_features, text, graphdef, state, mesh, device_batch,
-               loss_fn=objective.validation_loss, image_kinds=objective.image_feature_kinds())
+               loss_fn=lambda model, batch: objective.validation_loss(
+                   model, objective.prepare(batch)),
+               image_kinds=objective.image_feature_kinds())
 
   def _put(self, x, rows: np.ndarray) -> jax.Array:
     """Global array of `x[rows]`, sharded over the batch; each process reads its rows."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from flip_jax.models import compute_dtype
@@ -37,6 +39,19 @@ def get(config: ml_collections.ConfigDict) -> "Objective":
     raise ValueError(f"config.objective: unknown {config.objective!r}; "
                      f"registered: {sorted(REGISTRY)}")
   return REGISTRY[config.objective](config)
+
+
+def is_image(field: str) -> bool:
+  """Batch fields holding images ('image', ExtreMA's 'image2')."""
+  return field.startswith("image")
+
+
+def normalize_on_device(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 [..., C] -> float32 (x / 255 - mean) / std, as x * scale + offset."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  scale = (1.0 / (255.0 * std)).astype(np.float32)
+  offset = (-mean / std).astype(np.float32)
+  return images.astype(jnp.float32) * scale + offset
 
 
 class Objective:
@@ -96,8 +111,23 @@ class Objective:
     return None
 
   def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes/dtypes of one global batch (benchmark and planner feed these)."""
+    """Shapes/dtypes of one global batch as the loss takes it (images normalised float32)."""
     raise NotImplementedError
+
+  def host_batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """`batch_spec` as the input pipeline sends it: image fields uint8 (see `prepare`).
+    What the trainer's step is compiled for, and what the benchmark and planner feed."""
+    return {k: jax.ShapeDtypeStruct(s.shape, jnp.uint8) if is_image(k) else s
+            for k, s in self.batch_spec().items()}
+
+  def prepare(self, batch: dict) -> dict:
+    """A host batch as `loss` takes it: uint8 image fields normalised on the device,
+    (x / 255 - mean) / std with config.data's mean and std in float32, as
+    `data.transforms.normalize` would on the host. The pipeline sends uint8 (a quarter of
+    the bytes to copy between processes and onto the device, and no float pass on the
+    host's cores); float images (already normalised) and other fields pass unchanged."""
+    return {k: normalize_on_device(v, self.config.data.mean, self.config.data.std)
+            if is_image(k) and v.dtype == jnp.uint8 else v for k, v in batch.items()}
 
   def image_features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Unmasked, deterministic image representation used by evaluators."""
