@@ -29,33 +29,14 @@ _LAYOUTS = re.compile(r"operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}")
 
 def cudnn_attention_calls(hlo: str) -> list[dict]:
   """One record per executed cuDNN attention call: target, flops, q and k dims."""
-  bodies, _, entry = hlo_stats._computations(hlo)  # noqa: SLF001 - same HLO text reader
   found: list[dict] = []
-
-  def walk(name, times):
-    for line in bodies[name]:
-      instr = hlo_stats._INSTR.match(line)  # noqa: SLF001
-      if not instr:
-        continue
-      _, opcode, rest = instr.groups()
-      if opcode == "custom-call":
-        target = _TARGET.search(rest)
-        if target and target.group(1) in FMHA:
-          (_, q), (_, k) = hlo_stats.array_shapes(_LAYOUTS.search(rest).group(1))[:2]
-          b, t, h, d = q
-          flops = FMHA[target.group(1)] * b * h * t * k[1] * d
-          found.extend([dict(target=target.group(1), flops=flops, q=q, k=k)] * times)
-        continue
-      callees = dict(hlo_stats._CALLEES.findall(rest))  # noqa: SLF001
-      if opcode == "while":
-        walk(callees["body"], times * hlo_stats.trip_count(rest, bodies))
-      elif opcode == "call":
-        walk(callees["to_apply"], times)
-      elif opcode == "conditional":
-        for branch in hlo_stats.branches(rest):
-          walk(branch, times)
-
-  walk(entry, 1)
+  for _, opcode, rest, times in hlo_stats.executed(hlo)[1]:
+    target = _TARGET.search(rest) if opcode == "custom-call" else None
+    if target and target.group(1) in FMHA:
+      (_, q), (_, k) = hlo_stats.array_shapes(_LAYOUTS.search(rest).group(1))[:2]
+      b, t, h, d = q
+      flops = FMHA[target.group(1)] * b * h * t * k[1] * d
+      found.extend([dict(target=target.group(1), flops=flops, q=q, k=k)] * times)
   return found
 
 

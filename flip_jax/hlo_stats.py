@@ -106,6 +106,33 @@ def _computations(hlo: str) -> tuple[dict, dict, str]:
   return bodies, signatures, entry
 
 
+def executed(hlo: str):
+  """(bodies, [(result, opcode, rest, times)]): every instruction of the computations that
+  run as control flow (the entry; while bodies `trip_count` times; called and
+  conditional computations), with how many times it runs. Fusions are not entered."""
+  bodies, _, entry = _computations(hlo)
+  found = []
+
+  def walk(name, times):
+    for line in bodies[name]:
+      instr = _INSTR.match(line)
+      if not instr:
+        continue
+      result, opcode, rest = instr.groups()
+      found.append((result, opcode, rest, times))
+      callees = dict(_CALLEES.findall(rest))
+      if opcode == "while":
+        walk(callees["body"], times * trip_count(rest, bodies))
+      elif opcode == "call":
+        walk(callees["to_apply"], times)
+      elif opcode == "conditional":
+        for branch in branches(rest):
+          walk(branch, times)
+
+  walk(entry, 1)
+  return bodies, found
+
+
 def _base_kind(opcode: str) -> str | None:
   kind = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
   return kind if kind in KINDS else None

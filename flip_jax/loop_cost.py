@@ -115,28 +115,13 @@ def _operand_names(rest: str) -> list[str]:
 def extra_bytes(hlo: str) -> float:
   """Per-device bytes of the loop iterations beyond the first, from the optimized HLO of
   one device's program (see module doc)."""
-  bodies, _, entry = hlo_stats._computations(hlo)  # noqa: SLF001
+  bodies, instructions = hlo_stats.executed(hlo)
   extra = 0.0
-
-  def walk(name, times):
-    nonlocal extra
-    for line in bodies[name]:
-      instr = hlo_stats._INSTR.match(line)  # noqa: SLF001
-      if not instr:
-        continue
-      opcode, rest = instr.group(2), instr.group(3)
-      callees = dict(hlo_stats._CALLEES.findall(rest))  # noqa: SLF001
-      if opcode == "while":
-        n = hlo_stats.trip_count(rest, bodies)
-        extra += times * (n - 1) * _body_bytes(bodies[callees["body"]], n)
-        walk(callees["body"], times * n)
-      elif opcode == "call":
-        walk(callees["to_apply"], times)
-      elif opcode == "conditional":
-        for branch in hlo_stats.branches(rest):
-          walk(branch, times)
-
-  walk(entry, 1)
+  for _, opcode, rest, times in instructions:
+    if opcode == "while":
+      n = hlo_stats.trip_count(rest, bodies)
+      body = dict(hlo_stats._CALLEES.findall(rest))["body"]  # noqa: SLF001
+      extra += times * (n - 1) * _body_bytes(bodies[body], n)
   return extra
 
 
