@@ -167,7 +167,9 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
 
   Returns (row, the last state). row: `traced_step_s` (median wall seconds of the traced
   calls), `ops_s` (the per-step time in which the step's ops ran: the categories' sum),
-  and per category `<name>_s` and `<name>_share` (of `ops_s`)."""
+  `between_ops_s` (the mean traced wall time per step in which no op of it ran: dispatch,
+  the runtime between thunks, waiting for threads), and per category `<name>_s` and
+  `<name>_share` (of `ops_s`)."""
   instructions, computations = parse_hlo(hlo_text)
   module = module_name(hlo_text)
   walls = []
@@ -193,7 +195,8 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
       labelled.append((start, end, category))
   seconds = attribute(labelled)
   total = sum(seconds.values()) / steps
-  row = {"traced_step_s": round(sorted(walls)[len(walls) // 2], 5), "ops_s": round(total, 5)}
+  row = {"traced_step_s": round(sorted(walls)[len(walls) // 2], 5), "ops_s": round(total, 5),
+         "between_ops_s": round(max(0.0, sum(walls) / steps - total), 5)}
   for name in CATEGORIES:
     s = seconds.get(name, 0.0) / steps
     row[f"{name}_s"] = round(s, 5)
