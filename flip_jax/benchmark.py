@@ -34,13 +34,16 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import config_check, hardware, objectives, sharding, train  # noqa: E402
+from flip_jax import (config_check, hardware, objectives, sharding, step_profile,  # noqa: E402
+                      train)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _MASKS = flags.DEFINE_list("mask_ratios", ["0", "0.5", "0.75"], "mask ratios to compare")
 _BATCH = flags.DEFINE_integer("batch", 8, "global batch size (overrides the config)")
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per setting (after one warm-up)")
 _DTYPE = flags.DEFINE_string("dtype", None, "override config.dtype")
+_PROFILE = flags.DEFINE_bool("profile", False, "also trace each setting's step with "
+                              "jax.profiler and print where its time goes (a 'profile' line)")
 _SWEEP = flags.DEFINE_string("sweep", None, "KEY=V1,V2,...: also vary this config key (e.g. "
                              "extrema.num_masks=1,5,8); every mask ratio x every value")
 
@@ -91,11 +94,13 @@ def _median_seconds_donating(fn, state, arg, steps: int):
   return statistics.median(times), state
 
 
-def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
+def time_step(config, steps: int, profile: bool = False
+              ) -> tuple[float, dict[str, float], dict | None]:
   """Median wall seconds of the trainer's step on random inputs (after compile + warm-up),
   and of each of the objective's `benchmark_parts` and of `Trainer.apply_gradients` (as
   `update`) jitted on their own with the same shardings (on one device the step runs its
-  ops in sequence, so a part alone takes about what it takes inside the step)."""
+  ops in sequence, so a part alone takes about what it takes inside the step); with
+  `profile`, `steps` more steps traced and split into categories (`step_profile.profile`)."""
 
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.Trainer(config, mesh)
@@ -109,6 +114,10 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
     step_s, state = _median_seconds_donating(trainer.step, trainer.init(), batch, steps)
+    split = None
+    if profile:
+      hlo = trainer.step.lower(state, batch).compile().as_text()
+      split, state = step_profile.profile(trainer.step, state, batch, hlo, steps)
     parts = {}
     for name, fn in trainer.objective.benchmark_parts().items():
       part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e),
@@ -120,7 +129,7 @@ def time_step(config, steps: int) -> tuple[float, dict[str, float]]:
                      out_shardings=(trainer.shardings, None), donate_argnums=(0,))
     grads = jax.tree.map(jnp.zeros_like, state["params"])
     parts["update"], _ = _median_seconds_donating(update, state, grads, steps)
-  return step_s, parts
+  return step_s, parts, split
 
 
 def parse_sweep(config, sweep: str | None) -> tuple[str | None, list]:
@@ -144,9 +153,12 @@ def _set(config, key: str, value) -> None:
   config[leaf] = value
 
 
-def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None) -> list[dict]:
+def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
+        profile: bool = False) -> list[dict]:
   """One row per (mask ratio, sweep value); a combination the config check rejects (e.g.
-  more disjoint masks than fit) is printed with its error instead of timed."""
+  more disjoint masks than fit) is printed with its error instead of timed. With
+  `profile`, each row gets a `profile` dict (step_profile.profile: seconds and share per
+  op category), also printed as a line of its own after the row."""
 
   peak, peak_source, kind = device_peak()
   rows, base = [], None
@@ -167,7 +179,7 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None) -
     except config_check.ConfigError as err:
       print(json.dumps(dict(setting, skipped=str(err))), flush=True)
       continue
-    step_s, parts = time_step(c, steps)
+    step_s, parts, split = time_step(c, steps, profile)
     flops = objectives.get(c).flops_per_sample() * batch
     if base is None and float(r) == 0.0:
       base = step_s
@@ -181,6 +193,9 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None) -
       rows[-1].update({f"{name}_s": round(seconds, 5),
                        f"{name}_share": round(seconds / step_s, 3)})
     print(json.dumps(rows[-1]), flush=True)
+    if split is not None:
+      rows[-1]["profile"] = split
+      print(json.dumps(dict(setting, profile=split, step_s=rows[-1]["step_s"])), flush=True)
   return rows
 
 
@@ -189,7 +204,7 @@ def main(argv):
   config = _CONFIG.value
   if _DTYPE.value:
     config.dtype = _DTYPE.value
-  run(config, _MASKS.value, _BATCH.value, _STEPS.value, _SWEEP.value)
+  run(config, _MASKS.value, _BATCH.value, _STEPS.value, _SWEEP.value, _PROFILE.value)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class Trainer:
     new, norms = self.apply_gradients(state, grads)
     return new, dict(metrics, loss=loss, **norms, lr=self.lr(step))
 
+  @jax.named_scope("optimizer_update")  # the step profile's 'optimizer' (step_profile.py)
   def apply_gradients(self, state, grads) -> tuple[dict, dict]:
     """Everything in a step after the gradients: the guarded optimizer update, the
     objective's `after_update` (EMA teacher), step + 1; and the grad/param norms. The

@@ -109,6 +109,7 @@ def _log_fallback(why: str) -> None:
   logging.info("attention: XLA instead of cuDNN flash attention: %s", why)
 
 
+@jax.named_scope("attention_core")  # the step profile's 'attention' (flip_jax/step_profile.py)
 def attend(impl: str, q, k, v, *, mask=None, causal: bool = False):
   """jax.nn.dot_product_attention with `impl` resolved by `choose`; mask: None,
   KeyPadding or a boolean array broadcastable to [B, H, T, S]."""

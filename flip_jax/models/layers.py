@@ -16,7 +16,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from flip_jax import sharding
-from flip_jax.models import attention
+from flip_jax.models import attention, dense_matmul, materialize
 from flip_jax.models.inits import BlockInits, block_inits
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -57,8 +57,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x):
     k = self.kernel[...].astype(self.dtype)
-    axes = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), k, (axes, ((), ())))
+    y = dense_matmul.matmul(x.astype(self.dtype), k, self.n_in)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -72,6 +71,7 @@ class LayerNorm(nnx.Module):
     self.scale = param(rngs, jax.nn.initializers.ones, (width,), ("embed",))
     self.bias = param(rngs, jax.nn.initializers.zeros, (width,), ("embed",))
 
+  @jax.named_scope("layer_norm")  # the step profile's 'norm' (flip_jax/step_profile.py)
   def __call__(self, x):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
@@ -107,13 +107,33 @@ class Attention(nnx.Module):
   def __call__(self, x, kv=None, *, mask=None, causal=False):
     """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
     or an attention.KeyPadding."""
-    kv = x if kv is None else kv
+    if kv is None and materialize.on_one_cpu():
+      q, k, v = self._fused_qkv(x)
+    else:
+      kv = x if kv is None else kv
+      q, k, v = self.q(x), self.k(kv), self.v(kv)
     # Named for the remat policies (REMAT_POLICIES) that save them.
-    q = checkpoint_name(self.q(x), "query_proj")
-    k = checkpoint_name(self.k(kv), "key_proj")
-    v = checkpoint_name(self.v(kv), "value_proj")
+    q = checkpoint_name(q, "query_proj")
+    k = checkpoint_name(k, "key_proj")
+    v = checkpoint_name(v, "value_proj")
     out = self.out(attention.attend(self.impl, q, k, v, mask=mask, causal=causal))
     return checkpoint_name(out, "out_proj")
+
+  def _fused_qkv(self, x):
+    """q, k, v of self-attention as one matmul with the three kernels side by side
+    (concatenated in the step: the params keep their q/k/v layout). The same values as
+    three Dense calls; used on one CPU device, where one wide matmul replaces three and
+    the backward pass copies the input transposed once, not three times
+    (models/dense_matmul.py). Its speed-up alone was not measured apart from the other
+    CPU rewrites."""
+    dense = (self.q, self.k, self.v)
+    kernel = jnp.concatenate([d.kernel[...].astype(self.dtype).reshape(d.kernel.shape[0], -1)
+                              for d in dense], axis=1)
+    y = dense_matmul.matmul(x.astype(self.dtype), kernel, 1)
+    if self.q.bias is not None:
+      y = y + jnp.concatenate([d.bias[...].astype(self.dtype).reshape(-1) for d in dense])
+    return [part.reshape(x.shape[:-1] + d.kernel.shape[1:])
+            for part, d in zip(jnp.split(y, 3, axis=-1), dense)]
 
 
 class Mlp(nnx.Module):
@@ -126,7 +146,9 @@ class Mlp(nnx.Module):
                      init=fc2_init)
 
   def __call__(self, x):
-    h = self.act(checkpoint_name(self.fc1(x), "mlp_hidden"))
+    h = checkpoint_name(self.fc1(x), "mlp_hidden")
+    with jax.named_scope("mlp_activation"):  # the step profile's 'activation'
+      h = self.act(h)
     h = sharding.constrain(h, ("batch", "length", "mlp"))
     return self.fc2(h)
 
@@ -249,6 +271,9 @@ class Encoder(nnx.Module):
       else:
         x = nnx.remat(lambda b, h, k: b(h, k, mask=mask, causal=causal),
                       policy=REMAT_POLICIES[self.remat])(block, x, r)
+      # The residual stream and its gradient in memory between blocks on CPU (a scan's
+      # carry already is): no O(depth²) recomputation, see models/materialize.py.
+      x = materialize.materialize(x)
     return x
 
   def _scanned(self, x, rng, *, mask, causal):

@@ -1,0 +1,204 @@
+"""Where a compiled step's time goes: a `jax.profiler` trace of the step, its ops summed
+into categories.
+
+The trace records one event per executed HLO op (XLA:CPU runs the program as a sequence
+of thunks, each a fusion or a single op, and annotates each with `hlo_op`/`hlo_module`).
+Each op is put in one category from the optimised HLO of the same executable: what ops
+its fusion contains and the name scope jax recorded for them (`op_name` metadata; the
+model marks its parts with `jax.named_scope`, see SCOPES), first match wins:
+
+  optimizer     the gradient-free tail (`Trainer.apply_gradients`: AdamW, norms, guard)
+  attention     the attention core: q·kᵀ, softmax, ·v and their gradients
+  matmul        any other op with a dot or a convolution (projections, MLP, patches, loss)
+  norm          LayerNorm, forward and backward
+  activation    the MLP's activation (GELU), forward and backward
+  layout        ops that only move data: transpose, copy, concatenate, slice, pad, ...
+  reduction     other ops with a reduce (bias gradients, residual-stream sums, ...)
+  other         the rest: elementwise ops, gathers/scatters (embedding lookups), RNG, ...
+
+An op that XLA fused with a neighbour of another category counts once, in the first
+category it matches (e.g. a LayerNorm fused into the matmul that reads it is `matmul`).
+Seconds are per step (the trace's total divided by the number of traced steps); where
+ops overlap in time (concurrent thunks), each instant is split evenly between them, so
+the categories add up to the time in which any op of the step ran. Control-flow ops
+(while, conditional, call) are not counted themselves: the ops they run are.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import re
+import tempfile
+import time
+
+import jax
+
+CATEGORIES = ("matmul", "attention", "norm", "activation", "layout", "reduction", "optimizer",
+              "other")
+# jax.named_scope names the model and trainer put around their parts.
+SCOPES = {"attention": "attention_core", "norm": "layer_norm", "activation": "mlp_activation",
+          "optimizer": "optimizer_update"}
+MATMUL_OPS = {"dot", "convolution"}
+LAYOUT_OPS = {"transpose", "copy", "reshape", "bitcast", "broadcast", "concatenate", "slice",
+              "pad", "dynamic-slice", "dynamic-update-slice", "reverse", "copy-start",
+              "copy-done", "parameter", "constant", "tuple", "get-tuple-element",
+              "bitcast-convert"}
+CONTROL_OPS = {"while", "conditional", "call"}
+
+_COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|"
+                    r"true_computation|false_computation)=\{?([^}]*?)\}?(?:,\s*\w+=|$|\s)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def parse_hlo(text: str) -> tuple[dict, dict]:
+  """(instructions, computations) of optimised HLO text: instruction name -> (opcode,
+  op_name, [called computations]); computation name -> [instruction names]."""
+  instructions, computations, current = {}, {}, None
+  for line in text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      current = computations.setdefault(m.group(1), [])
+      continue
+    m = _INSTRUCTION.match(line)
+    if m is None or current is None:
+      continue
+    name, opcode = m.group(1), m.group(2)
+    called = []
+    for group in _CALLS.findall(line):
+      called += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
+    op_name = _OP_NAME.search(line)
+    instructions[name] = (opcode, op_name.group(1) if op_name else "", called)
+    current.append(name)
+  return instructions, computations
+
+
+def _contents(name: str, instructions: dict, computations: dict, memo: dict):
+  """(opcodes, op_names) of an instruction and everything its fusion computations hold."""
+  if name in memo:
+    return memo[name]
+  opcode, op_name, called = instructions[name]
+  opcodes, op_names = {opcode}, {op_name} if op_name else set()
+  if opcode not in CONTROL_OPS:
+    for comp in called:
+      for inner in computations.get(comp, ()):
+        o, n = _contents(inner, instructions, computations, memo)
+        opcodes |= o
+        op_names |= n
+  memo[name] = (opcodes, op_names)
+  return memo[name]
+
+
+def _in_scope(op_names, scope: str) -> bool:
+  pattern = re.compile(r"(^|[/(])" + re.escape(scope) + r"($|[/)])")
+  return any(pattern.search(n) for n in op_names)
+
+
+def categorize(name: str, instructions: dict, computations: dict, memo=None) -> str | None:
+  """The category of one executed op; None for control flow (counted through its ops)."""
+  opcode = instructions[name][0]
+  if opcode in CONTROL_OPS:
+    return None
+  opcodes, op_names = _contents(name, instructions, computations,
+                                memo if memo is not None else {})
+  if _in_scope(op_names, SCOPES["optimizer"]):
+    return "optimizer"
+  if _in_scope(op_names, SCOPES["attention"]):
+    return "attention"
+  if opcodes & MATMUL_OPS:
+    return "matmul"
+  if _in_scope(op_names, SCOPES["norm"]):
+    return "norm"
+  if _in_scope(op_names, SCOPES["activation"]):
+    return "activation"
+  if opcodes - {"fusion"} <= LAYOUT_OPS:
+    return "layout"
+  if "reduce" in opcodes or "reduce-window" in opcodes:
+    return "reduction"
+  return "other"
+
+
+def op_events(xspace_path: str, module: str) -> list[tuple[int, int, str]]:
+  """(start_ns, end_ns, hlo op name) of every op event of `module` in a trace file."""
+  events = []
+  for plane in jax.profiler.ProfileData.from_file(xspace_path).planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if stats.get("hlo_module") == module and "hlo_op" in stats:
+          events.append((int(event.start_ns), int(event.end_ns), str(stats["hlo_op"])))
+  return events
+
+
+def attribute(intervals: list[tuple[int, int, str]]) -> dict[str, float]:
+  """Seconds per label of (start_ns, end_ns, label) intervals, each instant split evenly
+  between the intervals covering it (so the total is the covered time)."""
+  totals = collections.Counter()
+  if not intervals:
+    return {}
+  # (time, 0 = end / 1 = start, index): at equal times ends come first
+  boundaries = sorted([(s, 1, i) for i, (s, _, _) in enumerate(intervals)]
+                      + [(e, 0, i) for i, (_, e, _) in enumerate(intervals)])
+  active, last = set(), boundaries[0][0]
+  for t, is_start, i in boundaries:
+    if active and t > last:
+      share = (t - last) / len(active)
+      for j in active:
+        totals[intervals[j][2]] += share
+    last = t
+    if is_start:
+      active.add(i)
+    else:
+      active.discard(i)
+  return {k: v / 1e9 for k, v in totals.items()}
+
+
+def module_name(hlo_text: str) -> str:
+  m = re.match(r"HloModule\s+([\w.\-]+)", hlo_text)
+  if m is None:
+    raise ValueError("not HLO module text")
+  return m.group(1)
+
+
+def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
+  """Runs `fn(state, arg) -> (state, out)` (a compiled, warmed-up step that donates its
+  state) `steps` times under `jax.profiler.trace` and splits its time into CATEGORIES.
+
+  Returns (row, the last state). row: `traced_step_s` (median wall seconds of the traced
+  calls), `ops_s` (the per-step time in which the step's ops ran: the categories' sum),
+  `between_ops_s` (the mean traced wall time per step in which no op of it ran: dispatch,
+  the runtime between thunks, waiting for threads), and per category `<name>_s` and
+  `<name>_share` (of `ops_s`)."""
+  instructions, computations = parse_hlo(hlo_text)
+  module = module_name(hlo_text)
+  walls = []
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir):
+      for _ in range(steps):
+        t = time.perf_counter()
+        state, out = fn(state, arg)
+        jax.block_until_ready((state, out))
+        walls.append(time.perf_counter() - t)
+    paths = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+    if len(paths) != 1:
+      raise RuntimeError(f"expected one trace file under {logdir}, found {paths}")
+    events = op_events(paths[0], module)
+  if not events:
+    raise RuntimeError(f"the trace has no op events of module {module!r}")
+  memo, labelled = {}, []
+  for start, end, op in events:
+    if op not in instructions:
+      raise RuntimeError(f"traced op {op!r} is not in the compiled module {module!r}")
+    category = categorize(op, instructions, computations, memo)
+    if category is not None:
+      labelled.append((start, end, category))
+  seconds = attribute(labelled)
+  total = sum(seconds.values()) / steps
+  row = {"traced_step_s": round(sorted(walls)[len(walls) // 2], 5), "ops_s": round(total, 5),
+         "between_ops_s": round(max(0.0, sum(walls) / steps - total), 5)}
+  for name in CATEGORIES:
+    s = seconds.get(name, 0.0) / steps
+    row[f"{name}_s"] = round(s, 5)
+    row[f"{name}_share"] = round(s / total, 4) if total else 0.0
+  return row, state

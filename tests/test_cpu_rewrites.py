@@ -1,0 +1,78 @@
+"""The CPU-only graph rewrites (models/materialize.py, models/dense_matmul.py, the fused
+q/k/v matmul of layers.Attention) change how XLA:CPU runs a step, not what it computes:
+FLIP's loss and gradients on one CPU device equal those of the plain graph (each Dense one
+dot_general, q/k/v three of them, the residual stream left to XLA) within 1e-6."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flip_jax import sharding, train, trees
+from flip_jax.models import dense_matmul, layers, materialize
+from helpers import random_batch, tiny_flip_config
+
+
+def reference_matmul(x, kernel, n_in):
+  """What Dense computed before the rewrite: one dot_general, jax's own gradient."""
+  axes = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+  return jax.lax.dot_general(x, kernel, (axes, ((), ())))
+
+
+def loss_and_grads(config, mesh):
+  trainer = train.Trainer(config, mesh)
+  with jax.set_mesh(mesh):
+    state = trainer.init()
+    batch = {k: jax.device_put(v, trainer.batch_shardings[k])
+             for k, v in random_batch(config).items()}
+
+    def loss(params):
+      model = nnx.merge(trainer.graphdef, params, state["extra"])
+      return trainer.objective.loss(model, batch, jax.random.key(7), jnp.int32(3))[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    hlo = step.lower(state["params"]).compile().as_text()
+    value, grads = step(state["params"])
+  return jax.device_get((value, grads)), hlo
+
+
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
+def test_rewritten_step_equals_plain_graph(monkeypatch, mask_ratio):
+  c = tiny_flip_config(mask_ratio=mask_ratio)
+  c.model.image.update(depth=3, drop_path=0.1)
+  one_cpu = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
+  (loss, grads), hlo = loss_and_grads(c, one_cpu)
+  monkeypatch.setattr(dense_matmul, "matmul", reference_matmul)
+  monkeypatch.setattr(materialize, "materialize", lambda x: x)
+  monkeypatch.setattr(layers.Attention, "_fused_qkv", lambda self, x: (self.q(x), self.k(x),
+                                                                        self.v(x)))
+  (loss_ref, grads_ref), hlo_ref = loss_and_grads(c, one_cpu)
+  # the rewrites were in the first graph: their copy loops (the RNG has loops of its own)
+  assert hlo.count(" while(") > hlo_ref.count(" while(")
+  np.testing.assert_allclose(loss, loss_ref, rtol=1e-6, atol=1e-6)
+  got, want = trees.flatten(grads), trees.flatten(grads_ref)
+  assert got.keys() == want.keys()
+  for name, g in want.items():
+    # 1e-6 relative to the leaf's largest entry where that exceeds 1 (as test_scan: the
+    # CLS token's gradient is ~10, float32 sums in another order differ by ~1e-6 of that)
+    scale = max(1.0, float(np.abs(g).max()))
+    np.testing.assert_allclose(got[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)
+
+
+def test_rewrites_only_on_one_cpu_device():
+  x = jnp.arange(24.0).reshape(4, 6)
+  k = jnp.ones((6, 3))
+  with jax.set_mesh(sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})):
+    assert not materialize.on_one_cpu()
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: dense_matmul.matmul(x, k, 1).sum()))(k))
+    assert "custom_vjp" not in jaxpr and "while" not in jaxpr
+    assert materialize.materialize(x) is x
+  assert materialize.on_one_cpu()
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 3), (6, 5), (7, 2)])
+def test_copy_through_loop_is_exact(shape):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  np.testing.assert_array_equal(jax.jit(materialize.copy_through_loop)(x), x)
+  np.testing.assert_array_equal(
+      jax.jit(jax.grad(lambda x: (materialize.materialize(x) * x).sum()))(x), 2 * x)

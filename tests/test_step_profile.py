@@ -1,0 +1,69 @@
+"""`benchmark --profile`: a jax.profiler trace of the compiled step, split into op
+categories that account for the step's time."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from flip_jax import step_profile
+from helpers import ROOT
+
+
+def test_overlapping_ops_share_their_time():
+  seconds = step_profile.attribute([(0, 10, "a"), (5, 15, "b"), (20, 30, "a")])
+  assert seconds == pytest.approx({"a": 17.5e-9, "b": 7.5e-9})
+
+
+def test_ops_are_categorised_from_the_compiled_hlo():
+  def f(x, w):
+    with jax.named_scope(step_profile.SCOPES["norm"]):
+      x = (x - x.mean(-1, keepdims=True)) * 3.0
+    h = x @ w
+    with jax.named_scope(step_profile.SCOPES["activation"]):
+      h = jnp.tanh(h)
+    with jax.named_scope(step_profile.SCOPES["optimizer"]):
+      w = w - 0.1 * (x.T @ h)
+    return h.T.copy(), w, h.sum(0)
+
+  x, w = jnp.ones((64, 32)), jnp.ones((32, 32))
+  hlo = jax.jit(f).lower(x, w).compile().as_text()
+  instructions, computations = step_profile.parse_hlo(hlo)
+  entry = computations[next(c for c in computations if "main" in c)]
+  found = {step_profile.categorize(i, instructions, computations) for i in entry
+           if instructions[i][0] not in ("parameter", "tuple", "get-tuple-element")}
+  assert {"matmul", "optimizer"} <= found and found <= set(step_profile.CATEGORIES) | {None}
+
+
+def test_profile_lines_add_up_to_the_step():
+  """The CLI on one CPU device (no simulated devices): the categories' seconds add up to the
+  time of the steps they split (`traced_step_s`) within 10%; that is also about the
+  untraced median (`step_s`) -- loosely, as the two are different steps on a shared CPU.
+  One thread: with two, the time between ops includes waking the other thread, which a
+  loaded machine (the rest of the suite, another job) stretches."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join([f for f in env.get("XLA_FLAGS", "").split()
+                               if "device_count" not in f]
+                              + ["--xla_cpu_multi_thread_eigen=false",
+                                 "intra_op_parallelism_threads=1"])
+  out = subprocess.run(
+      [sys.executable, "-m", "flip_jax.benchmark", "--config=configs/flip_debug.py",
+       "--mask_ratios=0,0.5", "--batch=128", "--steps=3", "--profile", "--config.image_size=64",
+       "--config.model.image.width=128", "--config.model.image.mlp_dim=512"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=True).stdout
+  lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  rows = [r for r in lines if "profile" not in r]
+  profiles = [r for r in lines if "profile" in r]
+  assert [p["mask_ratio"] for p in profiles] == [0.0, 0.5] and len(rows) == 2
+  for p in profiles:
+    split = p["profile"]
+    total = sum(split[f"{c}_s"] for c in step_profile.CATEGORIES)
+    assert total == pytest.approx(split["ops_s"], rel=1e-3, abs=1e-4)
+    assert total == pytest.approx(split["traced_step_s"], rel=0.1), split
+    assert split["between_ops_s"] < 0.1 * split["traced_step_s"], split
+    assert total == pytest.approx(p["step_s"], rel=0.3), (split, p["step_s"])
+    assert sum(split[f"{c}_share"] for c in step_profile.CATEGORIES) == pytest.approx(1, abs=1e-2)
+    assert split["matmul_s"] > 0 and split["attention_s"] > 0 and split["optimizer_s"] > 0
