@@ -9,9 +9,10 @@ pre-training fits without remat (13.9 GiB per core at mask 0.5); unmasked (mask 
 53.7 GiB without remat and 9.5 GiB with the image tower fully rematerialized, so the
 unmasked recipe remats it (the official README suggests activation checkpointing there).
 
-On one 8×H100 host (`--topology=h100:8`, FSDP over the 8 GPUs) the plan fits 768 images per
-GPU at mask 0.5 (`--config.batch_size=6144`, 61.2 of 75.2 GiB; `--max_batch` finds 944 to be
-the most, which leaves nothing for cuDNN's workspace): see README, "Plan a pod run".
+On one 8×H100 host (`--topology=h100:8`, FSDP over the 8 GPUs) take 768 images per GPU at
+mask 0.5 (`--config.batch_size=6144`: 61.0 of 75.2 GiB, predicted MFU 0.69). `--max_batch`
+finds 944 to be the most, which leaves nothing for cuDNN's workspace: see README, "Plan a
+pod run".
 """
 from flip_jax.recipes import flip as flip_recipe
 
