@@ -111,6 +111,10 @@ def executed(hlo: str):
   run as control flow (the entry; while bodies `trip_count` times; called and
   conditional computations), with how many times it runs. Fusions are not entered."""
   bodies, _, entry = _computations(hlo)
+  return bodies, _walk(bodies, entry)
+
+
+def _walk(bodies: dict, entry: str) -> list[tuple[str, str, str, int]]:
   found = []
 
   def walk(name, times):
@@ -130,7 +134,7 @@ def executed(hlo: str):
           walk(branch, times)
 
   walk(entry, 1)
-  return bodies, found
+  return found
 
 
 def _base_kind(opcode: str) -> str | None:
@@ -152,38 +156,24 @@ def collectives(hlo: str, num_devices: int) -> list[dict]:
       found.append(dict(kind=kind, bytes=size, group=n, traffic=size * factor,
                         dims=[d for _, d in shapes]))
 
-  def walk(name, times):
-    for line in bodies[name]:
-      instr = _INSTR.match(line)
-      if not instr:
-        continue
-      result, opcode, rest = instr.groups()
-      kind = _base_kind(opcode)
-      if kind:
-        shapes = array_shapes(result)
-        if opcode in ("all-gather-start", "collective-permute-start"):
-          # The async tuple holds (operands, results, [context]); the GPU compiler
-          # combines several all-gathers into one start with n operands.
-          n = rest[:rest.index(")")].count("%")
-          shapes = shapes[n:2 * n]
-        if kind == "reduce-scatter":  # count the unreduced input: the result times n
-          n, axis = group_size(rest, num_devices), int(re.search(r"dimensions=\{(\d+)", rest)[1])
-          shapes = [(dt, d[:axis] + (d[axis] * n,) + d[axis + 1:]) for dt, d in shapes]
-        record(kind, shapes, rest, times)
-        continue
-      callees = dict((k, v) for k, v in _CALLEES.findall(rest))
-      if opcode == "fusion" and callees.get("calls", "").startswith("all-reduce-scatter"):
-        inner = next(l for l in bodies[callees["calls"]] if " all-reduce(" in l)
-        record("reduce-scatter", array_shapes(signatures[callees["calls"]]), inner, times)
-      elif opcode == "while":
-        walk(callees["body"], times * trip_count(rest, bodies))
-      elif opcode == "call":
-        walk(callees["to_apply"], times)
-      elif opcode == "conditional":
-        for branch in branches(rest):
-          walk(branch, times)
-
-  walk(entry, 1)
+  for result, opcode, rest, times in _walk(bodies, entry):
+    kind = _base_kind(opcode)
+    if kind:
+      shapes = array_shapes(result)
+      if opcode in ("all-gather-start", "collective-permute-start"):
+        # The async tuple holds (operands, results, [context]); the GPU compiler
+        # combines several all-gathers into one start with n operands.
+        n = rest[:rest.index(")")].count("%")
+        shapes = shapes[n:2 * n]
+      if kind == "reduce-scatter":  # count the unreduced input: the result times n
+        n, axis = group_size(rest, num_devices), int(re.search(r"dimensions=\{(\d+)", rest)[1])
+        shapes = [(dt, d[:axis] + (d[axis] * n,) + d[axis + 1:]) for dt, d in shapes]
+      record(kind, shapes, rest, times)
+      continue
+    calls = dict(_CALLEES.findall(rest)).get("calls", "")
+    if opcode == "fusion" and calls.startswith("all-reduce-scatter"):
+      inner = next(l for l in bodies[calls] if " all-reduce(" in l)
+      record("reduce-scatter", array_shapes(signatures[calls]), inner, times)
   return found
 
 
