@@ -107,33 +107,14 @@ class Attention(nnx.Module):
   def __call__(self, x, kv=None, *, mask=None, causal=False):
     """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
     or an attention.KeyPadding."""
-    if kv is None and materialize.on_one_cpu():
-      q, k, v = self._fused_qkv(x)
-    else:
-      kv = x if kv is None else kv
-      q, k, v = self.q(x), self.k(kv), self.v(kv)
+    kv = x if kv is None else kv
+    q, k, v = self.q(x), self.k(kv), self.v(kv)
     # Named for the remat policies (REMAT_POLICIES) that save them.
     q = checkpoint_name(q, "query_proj")
     k = checkpoint_name(k, "key_proj")
     v = checkpoint_name(v, "value_proj")
     out = self.out(attention.attend(self.impl, q, k, v, mask=mask, causal=causal))
     return checkpoint_name(out, "out_proj")
-
-  def _fused_qkv(self, x):
-    """q, k, v of self-attention as one matmul with the three kernels side by side
-    (concatenated in the step: the params keep their q/k/v layout). The same values as
-    three Dense calls; used on one CPU device, where one wide matmul replaces three and
-    the backward pass copies the input transposed once, not three times
-    (models/dense_matmul.py). Its speed-up alone was not measured apart from the other
-    CPU rewrites."""
-    dense = (self.q, self.k, self.v)
-    kernel = jnp.concatenate([d.kernel[...].astype(self.dtype).reshape(d.kernel.shape[0], -1)
-                              for d in dense], axis=1)
-    y = dense_matmul.matmul(x.astype(self.dtype), kernel, 1)
-    if self.q.bias is not None:
-      y = y + jnp.concatenate([d.bias[...].astype(self.dtype).reshape(-1) for d in dense])
-    return [part.reshape(x.shape[:-1] + d.kernel.shape[1:])
-            for part, d in zip(jnp.split(y, 3, axis=-1), dense)]
 
 
 class Mlp(nnx.Module):
