@@ -37,3 +37,15 @@ def random_batch(config, seed=0):
   tokens = rng.integers(1, config.model.text.vocab_size, (b, config.text_len)).astype(np.int32)
   tokens[:, -2:] = 0  # some padding
   return {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32), "text": tokens}
+
+
+def assert_grads_close(got, want):
+  """Each gradient (pytrees alike) within 1e-6 of the other, relative to its largest entry
+  where that exceeds 1 (the CLS token's gradient is ~10-30: float32 sums in another order
+  cannot do better than ~1e-6 of that)."""
+  from flip_jax import trees
+  got, want = trees.flatten(got), trees.flatten(want)
+  assert got.keys() == want.keys()
+  for name, g in want.items():
+    scale = max(1.0, float(np.abs(g).max()))
+    np.testing.assert_allclose(got[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)

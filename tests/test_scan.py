@@ -10,7 +10,7 @@ from flax import nnx
 
 from flip_jax import checkpoint, config_io, sharding, train, trees
 from flip_jax.models import layers, swin
-from helpers import random_batch, tiny_flip_config
+from helpers import assert_grads_close, random_batch, tiny_flip_config
 
 
 def scan_config(scan: bool, remat: str = "none"):
@@ -54,16 +54,6 @@ def test_scanned_towers_equal_unrolled_on_8_devices(remat):
     name = "image/encoder/blocks/2/mlp/fc1/kernel"
     moved = trees.flatten(loss_and_grads(no_drop, mesh)[1])[name] - trees.flatten(grads_u)[name]
     assert np.abs(moved).max() > 1e-4
-
-
-def assert_grads_close(got, want):
-  """Each gradient within 1e-6 of the other, relative to its largest entry where that
-  exceeds 1 (the CLS token's gradient is ~30: float32 cannot do better than ~1e-6 there)."""
-  got, want = trees.flatten(got), trees.flatten(want)
-  assert got.keys() == want.keys()
-  for name, g in want.items():
-    scale = max(1.0, float(np.abs(g).max()))
-    np.testing.assert_allclose(got[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)
 
 
 def test_scanned_swin_equals_unrolled():
