@@ -49,3 +49,25 @@ def assert_grads_close(got, want):
   for name, g in want.items():
     scale = max(1.0, float(np.abs(g).max()))
     np.testing.assert_allclose(got[name], g, rtol=0, atol=1e-6 * scale, err_msg=name)
+
+
+def loss_and_grads(config, mesh):
+  """FLIP's loss (fixed key and step) and its gradient at the trainer's initial params on
+  `mesh`: (loss, grads, params) as numpy, and the compiled program's HLO text."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from flip_jax import train
+  trainer = train.Trainer(config, mesh)
+  with jax.set_mesh(mesh):
+    state = trainer.init()
+    batch = {k: jax.device_put(v, trainer.batch_shardings[k])
+             for k, v in random_batch(config).items()}
+
+    def loss(params):
+      model = nnx.merge(trainer.graphdef, params, state["extra"])
+      return trainer.objective.loss(model, batch, jax.random.key(7), jnp.int32(3))[0]
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(state["params"]).compile()
+    value, grads = compiled(state["params"])
+  return (*jax.device_get((value, grads, state["params"])), compiled.as_text())

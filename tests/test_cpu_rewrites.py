@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from flip_jax import sharding, train
+from flip_jax import sharding
 from flip_jax.models import dense_matmul, materialize
-from helpers import assert_grads_close, random_batch, tiny_flip_config
+from helpers import assert_grads_close, loss_and_grads, tiny_flip_config
 
 
 def reference_matmul(x, kernel, n_in):
@@ -19,32 +18,15 @@ def reference_matmul(x, kernel, n_in):
   return jax.lax.dot_general(x, kernel, (axes, ((), ())))
 
 
-def loss_and_grads(config, mesh):
-  trainer = train.Trainer(config, mesh)
-  with jax.set_mesh(mesh):
-    state = trainer.init()
-    batch = {k: jax.device_put(v, trainer.batch_shardings[k])
-             for k, v in random_batch(config).items()}
-
-    def loss(params):
-      model = nnx.merge(trainer.graphdef, params, state["extra"])
-      return trainer.objective.loss(model, batch, jax.random.key(7), jnp.int32(3))[0]
-
-    step = jax.jit(jax.value_and_grad(loss))
-    hlo = step.lower(state["params"]).compile().as_text()
-    value, grads = step(state["params"])
-  return jax.device_get((value, grads)), hlo
-
-
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
 def test_rewritten_step_equals_plain_graph(monkeypatch, mask_ratio):
   c = tiny_flip_config(mask_ratio=mask_ratio)
   c.model.image.update(depth=3, drop_path=0.1)
   one_cpu = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
-  (loss, grads), hlo = loss_and_grads(c, one_cpu)
+  loss, grads, _, hlo = loss_and_grads(c, one_cpu)
   monkeypatch.setattr(dense_matmul, "matmul", reference_matmul)
   monkeypatch.setattr(materialize, "materialize", lambda x: x)
-  (loss_ref, grads_ref), hlo_ref = loss_and_grads(c, one_cpu)
+  loss_ref, grads_ref, _, hlo_ref = loss_and_grads(c, one_cpu)
   # the rewrites were in the first graph: their copy loops (the RNG has loops of its own)
   assert hlo.count(" while(") > hlo_ref.count(" while(")
   np.testing.assert_allclose(loss, loss_ref, rtol=1e-6, atol=1e-6)

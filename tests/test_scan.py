@@ -10,7 +10,7 @@ from flax import nnx
 
 from flip_jax import checkpoint, config_io, sharding, train, trees
 from flip_jax.models import layers, swin
-from helpers import assert_grads_close, random_batch, tiny_flip_config
+from helpers import assert_grads_close, loss_and_grads, tiny_flip_config
 
 
 def scan_config(scan: bool, remat: str = "none"):
@@ -21,28 +21,11 @@ def scan_config(scan: bool, remat: str = "none"):
   return c
 
 
-def loss_and_grads(config, mesh):
-  """FLIP's loss (mask 0.5, drop-path on) and its gradient at the trainer's initial params
-  on `mesh`, as numpy."""
-  trainer = train.Trainer(config, mesh)
-  with jax.set_mesh(mesh):
-    state = trainer.init()
-    batch = {k: jax.device_put(v, trainer.batch_shardings[k])
-             for k, v in random_batch(config).items()}
-
-    def loss(params):
-      model = nnx.merge(trainer.graphdef, params, state["extra"])
-      return trainer.objective.loss(model, batch, jax.random.key(7), jnp.int32(3))[0]
-
-    value, grads = jax.jit(jax.value_and_grad(loss))(state["params"])
-  return jax.device_get((value, grads, state["params"]))
-
-
 @pytest.mark.parametrize("remat", sorted(layers.REMAT_POLICIES))
 def test_scanned_towers_equal_unrolled_on_8_devices(remat):
   mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
-  loss_u, grads_u, params_u = loss_and_grads(scan_config(False, remat), mesh)
-  loss_s, grads_s, params_s = loss_and_grads(scan_config(True, remat), mesh)
+  loss_u, grads_u, params_u, _ = loss_and_grads(scan_config(False, remat), mesh)
+  loss_s, grads_s, params_s, _ = loss_and_grads(scan_config(True, remat), mesh)
   assert trees.flatten(params_u).keys() == trees.flatten(params_s).keys()
   for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_s)):
     np.testing.assert_array_equal(a, b)  # one layout, one init
