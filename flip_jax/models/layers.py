@@ -108,11 +108,10 @@ class Attention(nnx.Module):
     """x: [B, T, D] queries; kv: [B, S, D] keys/values (default x); mask: [B, 1|H, T, S] bool
     or an attention.KeyPadding."""
     kv = x if kv is None else kv
-    q, k, v = self.q(x), self.k(kv), self.v(kv)
     # Named for the remat policies (REMAT_POLICIES) that save them.
-    q = checkpoint_name(q, "query_proj")
-    k = checkpoint_name(k, "key_proj")
-    v = checkpoint_name(v, "value_proj")
+    q = checkpoint_name(self.q(x), "query_proj")
+    k = checkpoint_name(self.k(kv), "key_proj")
+    v = checkpoint_name(self.v(kv), "value_proj")
     out = self.out(attention.attend(self.impl, q, k, v, mask=mask, causal=causal))
     return checkpoint_name(out, "out_proj")
 
