@@ -9,7 +9,7 @@ operand transposed and calls a generic kernel at about half the speed (ViT-B/16'
 folded back into that same matmul. So on CPU the backward pass computes xᵀ through a
 loop (`materialize.copy_through_loop`, which XLA cannot fold) and then xᵀ·g. Forward and
 input gradient are the plain dot_general; on TPU/GPU (and on a mesh of several CPU
-devices: `materialize.on_one_cpu`) the whole thing is.
+devices: `target.on_one_cpu`) the whole thing is.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import math
 import jax
 from jax import lax
 
-from flip_jax.models.materialize import copy_through_loop, on_one_cpu
+from flip_jax.models.materialize import copy_through_loop
+from flip_jax.models.target import on_one_cpu
 
 
 def _dot2d(a, b, contract_a: int, contract_b: int):

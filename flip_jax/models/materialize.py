@@ -19,13 +19,7 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-from flip_jax.models import attention
-
-
-def on_one_cpu() -> bool:
-  """Whether the program being traced runs on one CPU device (no mesh, or a 1-device
-  one): where the CPU-only rewrites here and in dense_matmul apply."""
-  return attention.target_device()[0] == "cpu" and jax.sharding.get_abstract_mesh().size <= 1
+from flip_jax.models.target import on_one_cpu
 
 
 def copy_through_loop(x):
