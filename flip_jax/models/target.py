@@ -1,7 +1,8 @@
 """What the program being traced is compiled for, read at trace time: the devices of the
 mesh set by `jax.set_mesh` (the trainer's and the planner's, compile-only GPUs included),
-else jax's default device. The attention choice and the CPU-only rewrites
-(models/materialize.py, models/dense_matmul.py, attention.heads_major) ask here."""
+else jax's default device. The attention choice (and its CPU layout,
+attention.heads_major) and the one-CPU-device rewrites (models/materialize.py,
+models/dense_matmul.py) ask here."""
 from __future__ import annotations
 
 import jax
