@@ -85,6 +85,7 @@ def test_heads_major_attention_equals_jax(masking):
   def vjp(f):
     out, back = jax.vjp(lambda q, k, v: f(q, k, v, mask=mask, causal=causal), q, k, v)
     return (out, *back(g))
-  got, want = jax.jit(lambda: vjp(attention.heads_major))(), jax.jit(lambda: vjp(reference_attention))()
+  got = jax.jit(lambda: vjp(attention.heads_major))()
+  want = jax.jit(lambda: vjp(reference_attention))()
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
