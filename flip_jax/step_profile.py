@@ -44,6 +44,9 @@ LAYOUT_OPS = {"transpose", "copy", "reshape", "bitcast", "broadcast", "concatena
               "copy-done", "parameter", "constant", "tuple", "get-tuple-element",
               "bitcast-convert"}
 CONTROL_OPS = {"while", "conditional", "call"}
+# Integer scalar results: loop counters and slice offsets, which `parse_hlo` records as
+# "index-<opcode>" so that an op moving data at a computed offset stays `layout`.
+_INDEX_RESULT = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?:[su](?:8|16|32|64)|pred)\[\]\s")
 
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(")
@@ -54,7 +57,8 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
   """(instructions, computations) of optimised HLO text: instruction name -> (opcode,
-  op_name, [called computations]); computation name -> [instruction names]."""
+  op_name, [called computations]); computation name -> [instruction names]. The opcode of
+  an instruction with an integer scalar result is "index-<opcode>" (see _INDEX_RESULT)."""
   instructions, computations, current = {}, {}, None
   for line in text.splitlines():
     m = _COMPUTATION.match(line)
@@ -65,6 +69,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
     if m is None or current is None:
       continue
     name, opcode = m.group(1), m.group(2)
+    if opcode not in CONTROL_OPS and _INDEX_RESULT.search(line):
+      opcode = "index-" + opcode
     called = []
     for group in _CALLS.findall(line):
       called += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
@@ -112,7 +118,7 @@ def categorize(name: str, instructions: dict, computations: dict, memo=None) -> 
     return "norm"
   if _in_scope(op_names, SCOPES["activation"]):
     return "activation"
-  if opcodes - {"fusion"} <= LAYOUT_OPS:
+  if {o for o in opcodes if not o.startswith("index-")} - {"fusion"} <= LAYOUT_OPS:
     return "layout"
   if "reduce" in opcodes or "reduce-window" in opcodes:
     return "reduction"
