@@ -31,7 +31,9 @@ def param_groups(model, weight_decay: float):
           {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay}]
 
 
-def time_setting(args, mask_ratio: float) -> dict:
+def make_step(args, mask_ratio: float):
+  """open_clip's training step (see the module doc) on one random batch: a function that
+  runs one step and returns its wall seconds."""
   import open_clip
   import torch
 
@@ -49,7 +51,8 @@ def time_setting(args, mask_ratio: float) -> dict:
   images = torch.randn(args.batch, 3, size, size)
   texts = torch.randint(1, vocab, (args.batch, args.context_length))
 
-  def step():
+  def step() -> float:
+    t = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     out = model(images, texts)
     loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
@@ -57,19 +60,47 @@ def time_setting(args, mask_ratio: float) -> dict:
     optimizer.step()
     with torch.no_grad():
       model.logit_scale.clamp_(0, math.log(100))
-    return loss.detach().item()
+    loss.detach().item()
+    return time.perf_counter() - t
 
+  return step
+
+
+def versions() -> dict:
+  import open_clip
+  import torch
+  return dict(threads=torch.get_num_threads(), open_clip=open_clip.__version__,
+              torch=torch.__version__)
+
+
+def time_setting(args, mask_ratio: float) -> dict:
+  step = make_step(args, mask_ratio)
   step()  # warm-up
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  step_s = statistics.median(times)
+  step_s = statistics.median([step() for _ in range(args.steps)])
   return dict(trainer="open_clip", model=args.model, mask_ratio=mask_ratio, batch=args.batch,
               context_length=args.context_length, dtype="float32", step_s=round(step_s, 5),
-              images_per_s=round(args.batch / step_s, 3), threads=torch.get_num_threads(),
-              open_clip=open_clip.__version__, torch=torch.__version__)
+              images_per_s=round(args.batch / step_s, 3), **versions())
+
+
+def serve(args):
+  """Steps on request, for benchmarks/side_by_side.py: reads lines from stdin and answers
+  each with one JSON line on stdout. `setup <mask ratio>`: build the model and run the
+  warm-up step; `step`: one timed step, {"step_s": ...}; `quit`."""
+  import sys
+  step = None
+  for line in sys.stdin:
+    command, *rest = line.split()
+    if command == "setup":
+      step = make_step(args, float(rest[0]))
+      step()
+      reply = versions()
+    elif command == "step":
+      reply = {"step_s": step()}
+    elif command == "quit":
+      return
+    else:
+      reply = {"error": f"unknown command {line.strip()!r}"}
+    print(json.dumps(reply), flush=True)
 
 
 def main():
@@ -82,11 +113,15 @@ def main():
   parser.add_argument("--threads", type=int, default=1)
   parser.add_argument("--lr", type=float, default=1e-4)
   parser.add_argument("--weight_decay", type=float, default=0.2)
+  parser.add_argument("--serve", action="store_true",
+                      help="take commands on stdin (benchmarks/side_by_side.py)")
   args = parser.parse_args()
 
   import torch
   torch.set_num_threads(args.threads)
   torch.set_num_interop_threads(1)
+  if args.serve:
+    return serve(args)
   base = None
   for r in (float(x) for x in args.mask_ratios.split(",")):
     row = time_setting(args, r)

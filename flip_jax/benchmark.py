@@ -29,13 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import (config_check, hardware, objectives, sharding, step_profile,  # noqa: E402
-                      train)
+from flip_jax import config_check, hardware, objectives, step_profile  # noqa: E402
+from flip_jax.stepper import Stepper  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _MASKS = flags.DEFINE_list("mask_ratios", ["0", "0.5", "0.75"], "mask ratios to compare")
@@ -102,18 +101,12 @@ def time_step(config, steps: int, profile: bool = False
   ops in sequence, so a part alone takes about what it takes inside the step); with
   `profile`, `steps` more steps traced and split into categories (`step_profile.profile`)."""
 
-  mesh = sharding.make_mesh(config.mesh)
-  trainer = train.Trainer(config, mesh)
-  rng = np.random.default_rng(0)
-  batch = {}
-  for k, s in trainer.objective.host_batch_spec().items():
-    if np.issubdtype(s.dtype, np.integer):
-      batch[k] = rng.integers(0, 100, s.shape).astype(s.dtype)
-    else:
-      batch[k] = rng.normal(size=s.shape).astype(s.dtype)
-  with jax.set_mesh(mesh):
-    batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
-    step_s, state = _median_seconds_donating(trainer.step, trainer.init(), batch, steps)
+  stepper = Stepper(config)
+  trainer, batch = stepper.trainer, stepper.batch
+  stepper()  # compile + warm-up
+  step_s = statistics.median([stepper() for _ in range(steps)])
+  state = stepper.state
+  with jax.set_mesh(stepper.mesh):
     split = None
     if profile:
       hlo = trainer.step.lower(state, batch).compile().as_text()

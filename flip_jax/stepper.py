@@ -1,0 +1,45 @@
+"""`Stepper(config)`: the trainer's jitted step on one random batch, called one step at a
+time, for the step-time benchmarks (`flip_jax.benchmark`, `benchmarks/side_by_side.py`)."""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from flip_jax import sharding, train
+
+
+def random_batch(trainer) -> dict:
+  """Host arrays of the objective's batch spec: random integers below 100 (token ids,
+  labels) and normal floats (images)."""
+  rng = np.random.default_rng(0)
+  batch = {}
+  for k, s in trainer.objective.host_batch_spec().items():
+    if np.issubdtype(s.dtype, np.integer):
+      batch[k] = rng.integers(0, 100, s.shape).astype(s.dtype)
+    else:
+      batch[k] = rng.normal(size=s.shape).astype(s.dtype)
+  return batch
+
+
+class Stepper:
+  """The trainer's jitted step on one random batch, its state threaded through the calls
+  (the step donates it): `Stepper(config)()` runs one step (the first compiles) and
+  returns its wall seconds. `flip_jax.benchmark.time_step` times it; so does
+  benchmarks/side_by_side.py, in turns with open_clip's step."""
+
+  def __init__(self, config):
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.trainer = train.Trainer(config, self.mesh)
+    with jax.set_mesh(self.mesh):
+      self.batch = {k: jax.device_put(v, self.trainer.batch_shardings[k])
+                    for k, v in random_batch(self.trainer).items()}
+      self.state = self.trainer.init()
+
+  def __call__(self) -> float:
+    with jax.set_mesh(self.mesh):
+      t = time.perf_counter()
+      self.state, out = self.trainer.step(self.state, self.batch)
+      jax.block_until_ready((self.state, out))
+      return time.perf_counter() - t
