@@ -7,7 +7,7 @@ operand contracts its minor axis to its fast kernels (YNNPACK); for xᵀ·g it c
 operand transposed and calls a generic kernel at about half the speed (ViT-B/16's MLP:
 185 ms instead of 110 ms forward+copy at 1 thread), and any transpose we write in jax is
 folded back into that same matmul. So on CPU the backward pass computes xᵀ through a
-loop (`materialize.transpose_through_loop`, which XLA cannot fold) and then xᵀ·g. Forward and
+loop (`materialize.copy_through_loop`, which XLA cannot fold) and then xᵀ·g. Forward and
 input gradient are the plain dot_general; on TPU/GPU (and on a mesh of several CPU
 devices: `target.on_one_cpu`) the whole thing is.
 """
@@ -18,7 +18,7 @@ import math
 import jax
 from jax import lax
 
-from flip_jax.models.materialize import transpose_through_loop
+from flip_jax.models.materialize import copy_through_loop
 from flip_jax.models.target import on_one_cpu
 
 
@@ -39,7 +39,7 @@ def _fwd(x, w):
 def _bwd(res, g):
   x, w = res
   dx = _dot2d(g, w, 1, 1)  # g · wᵀ: contracts both minor axes
-  dw = _dot2d(transpose_through_loop(x), g, 1, 0)  # xᵀ [in, N] · g [N, out]
+  dw = _dot2d(copy_through_loop(x.T), g, 1, 0)  # xᵀ [in, N] · g [N, out]
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

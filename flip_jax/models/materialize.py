@@ -17,47 +17,24 @@ graph; so it is on a mesh of several CPU devices (the loop would slice a sharded
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from flip_jax.models.target import on_one_cpu
 
 
-def _largest_proper_divisor(n: int) -> int:
-  return next(d for d in range(n // 2, 0, -1) if n % d == 0)
-
-
 def copy_through_loop(x):
   """x, copied through a `lax.fori_loop` over its leading axis in two (or more) equal
   parts. A trip count of one would be inlined (XLA's while-loop simplifier), and so would
-  a body that returns its carry unchanged; few trips keep the loop's overhead nil. The
-  carry starts as zeros, not as x: XLA would copy x into it first (x is read in the loop
-  too), a pass that reads x where the zeros only write."""
+  a body that returns its carry unchanged; few trips keep the loop's overhead nil."""
   n = x.shape[0]
   if n < 2:
     return x
-  size = _largest_proper_divisor(n)
+  size = next(d for d in range(n // 2, 0, -1) if n % d == 0)  # largest proper divisor
 
   def part(i, acc):
     return lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(x, i * size, size),
                                            i * size, 0)
-  return lax.fori_loop(0, n // size, part, jnp.zeros_like(x))
-
-
-def transpose_through_loop(x):
-  """x.T for a 2-D x [N, M], transposed inside a loop over parts of N as in
-  `copy_through_loop`, so that XLA cannot fold the transpose into the matmul that reads
-  it (models/dense_matmul.py). One pass over x: a transpose written before such a loop
-  is a layout copy, and the loop then copies it again."""
-  n, m = x.shape
-  if n < 2:
-    return copy_through_loop(x.T)
-  size = _largest_proper_divisor(n)
-
-  def part(i, acc):
-    return lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(x, i * size, size).T,
-                                           i * size, 1)
-  return lax.fori_loop(0, n // size, part, jnp.zeros((m, n), x.dtype))
+  return lax.fori_loop(0, n // size, part, x)
 
 
 @jax.custom_vjp
