@@ -38,6 +38,24 @@ def test_ops_are_categorised_from_the_compiled_hlo():
   assert {"matmul", "optimizer"} <= found and found <= set(step_profile.CATEGORIES) | {None}
 
 
+def test_moving_data_at_a_computed_offset_is_layout():
+  """A loop body's slice, transpose and update at offset i * 4: data movement, whose s32
+  index arithmetic (fused with it) does not make it `other`."""
+  def transposed(x):
+    def body(i, acc):
+      return jax.lax.dynamic_update_slice_in_dim(
+          acc, jax.lax.dynamic_slice_in_dim(x, i * 4, 4).T, i * 4, 1)
+    return jax.lax.fori_loop(0, 2, body, jnp.zeros((8, 8)))
+
+  hlo = jax.jit(transposed).lower(jnp.ones((8, 8))).compile().as_text()
+  instructions, computations = step_profile.parse_hlo(hlo)
+  moves = [i for i, (op, _, _) in instructions.items() if op == "fusion"
+           and {"dynamic-update-slice", "index-multiply"} <= step_profile._contents(
+               i, instructions, computations, {})[0]]
+  assert moves and all(step_profile.categorize(i, instructions, computations) == "layout"
+                       for i in moves)
+
+
 def test_profile_lines_add_up_to_the_step():
   """The CLI on one CPU device (no simulated devices): the categories' seconds add up to the
   time of the steps they split (`traced_step_s`) within 10%; that is also about the
