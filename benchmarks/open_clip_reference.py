@@ -89,17 +89,20 @@ def serve(args):
   import sys
   step = None
   for line in sys.stdin:
+    if not line.split():
+      continue
     command, *rest = line.split()
     if command == "setup":
       step = make_step(args, float(rest[0]))
       step()
       reply = versions()
-    elif command == "step":
+    elif command == "step" and step is not None:
       reply = {"step_s": step()}
     elif command == "quit":
       return
     else:
-      reply = {"error": f"unknown command {line.strip()!r}"}
+      reply = {"error": f"unknown command {line.strip()!r}" if command != "step"
+               else "step before setup"}
     print(json.dumps(reply), flush=True)
 
 
