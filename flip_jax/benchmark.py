@@ -7,7 +7,9 @@
 value; `speedup_vs_unmasked` is relative to the first setting at mask ratio 0). Every
 setting compiles the trainer's jitted step (both towers, loss, optimizer update)
 on random inputs in this one process, so ratios between settings (speedup_vs_unmasked)
-are meaningful on a noisy machine. MFU = analytic model FLOPs / step time / peak, where
+are meaningful on a noisy machine; `--in_turns` compiles them all first and then times one
+step of each per round, so that a machine whose speed drifts over minutes does not skew
+those ratios either (at the cost of every setting's state in memory at once). MFU = analytic model FLOPs / step time / peak, where
 the peak is the device's bf16 figure on TPU/GPU (`flip_jax/hardware.py`, with its source)
 and a measured large float32 matmul on CPU. An objective may name parts of its step
 (`benchmark_parts`, e.g. EVA's frozen teacher forward), each then also timed alone and
@@ -43,6 +45,10 @@ _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per setting (after one wa
 _DTYPE = flags.DEFINE_string("dtype", None, "override config.dtype")
 _PROFILE = flags.DEFINE_bool("profile", False, "also trace each setting's step with "
                               "jax.profiler and print where its time goes (a 'profile' line)")
+_IN_TURNS = flags.DEFINE_bool("in_turns", False, "time the settings' steps in turns (all "
+                               "compiled first, then one step of each per round): ratios "
+                               "between settings that a drifting machine does not skew; "
+                               "holds every setting's state in memory at once")
 _SWEEP = flags.DEFINE_string("sweep", None, "KEY=V1,V2,...: also vary this config key (e.g. "
                              "extrema.num_masks=1,5,8); every mask ratio x every value")
 
@@ -96,16 +102,21 @@ def _median_seconds_donating(fn, state, arg, steps: int):
 def time_step(config, steps: int, profile: bool = False
               ) -> tuple[float, dict[str, float], dict | None]:
   """Median wall seconds of the trainer's step on random inputs (after compile + warm-up),
-  and of each of the objective's `benchmark_parts` and of `Trainer.apply_gradients` (as
-  `update`) jitted on their own with the same shardings (on one device the step runs its
-  ops in sequence, so a part alone takes about what it takes inside the step); with
-  `profile`, `steps` more steps traced and split into categories (`step_profile.profile`)."""
-
+  and `time_extras` of it."""
   stepper = Stepper(config)
-  trainer, batch = stepper.trainer, stepper.batch
   stepper()  # compile + warm-up
   step_s = statistics.median([stepper() for _ in range(steps)])
-  state = stepper.state
+  return (step_s, *time_extras(stepper, steps, profile))
+
+
+def time_extras(stepper: Stepper, steps: int, profile: bool = False
+                ) -> tuple[dict[str, float], dict | None]:
+  """Median wall seconds of each of the objective's `benchmark_parts` and of
+  `Trainer.apply_gradients` (as `update`) jitted on their own with the same shardings (on
+  one device the step runs its ops in sequence, so a part alone takes about what it takes
+  inside the step); with `profile`, `steps` more steps traced and split into categories
+  (`step_profile.profile`), else None."""
+  trainer, batch, state = stepper.trainer, stepper.batch, stepper.state
   with jax.set_mesh(stepper.mesh):
     split = None
     if profile:
@@ -122,7 +133,8 @@ def time_step(config, steps: int, profile: bool = False
                      out_shardings=(trainer.shardings, None), donate_argnums=(0,))
     grads = jax.tree.map(jnp.zeros_like, state["params"])
     parts["update"], _ = _median_seconds_donating(update, state, grads, steps)
-  return step_s, parts, split
+  stepper.state = None  # donated above
+  return parts, split
 
 
 def parse_sweep(config, sweep: str | None) -> tuple[str | None, list]:
@@ -147,17 +159,21 @@ def _set(config, key: str, value) -> None:
 
 
 def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
-        profile: bool = False) -> list[dict]:
+        profile: bool = False, in_turns: bool = False) -> list[dict]:
   """One row per (mask ratio, sweep value); a combination the config check rejects (e.g.
   more disjoint masks than fit) is printed with its error instead of timed. With
   `profile`, each row gets a `profile` dict (step_profile.profile: seconds and share per
-  op category), also printed as a line of its own after the row."""
+  op category), also printed as a line of its own after the row. With `in_turns`, every
+  setting is compiled and warmed up first and the timed steps go round the settings (one
+  step each, `steps` rounds), so that a machine whose speed drifts over minutes does not
+  skew the ratios between settings; all settings' states are then in memory at once."""
 
   peak, peak_source, kind = device_peak()
   rows, base = [], None
   if not objectives.get(config).uses_mask_ratio:
     mask_ratios = [config.mask_ratio]
   key, values = parse_sweep(config, sweep)
+  settings = []
   for r, value in itertools.product(mask_ratios, values):
     c = config.copy_and_resolve_references()
     c.batch_size, c.mask_ratio = batch, float(r)
@@ -172,7 +188,25 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
     except config_check.ConfigError as err:
       print(json.dumps(dict(setting, skipped=str(err))), flush=True)
       continue
-    step_s, parts, split = time_step(c, steps, profile)
+    settings.append((setting, c))
+  steppers, medians = [], []
+  if in_turns:
+    steppers = [Stepper(c) for _, c in settings]
+    for stepper in steppers:
+      stepper()  # compile + warm-up
+    times = [[] for _ in steppers]
+    for _ in range(steps):
+      for stepper, seconds in zip(steppers, times):
+        seconds.append(stepper())
+    medians = [statistics.median(seconds) for seconds in times]
+  for i, (setting, c) in enumerate(settings):
+    r = setting["mask_ratio"]
+    if in_turns:
+      step_s = medians[i]
+      parts, split = time_extras(steppers[i], steps, profile)
+      steppers[i] = None
+    else:
+      step_s, parts, split = time_step(c, steps, profile)
     flops = objectives.get(c).flops_per_sample() * batch
     if base is None and float(r) == 0.0:
       base = step_s
@@ -197,7 +231,8 @@ def main(argv):
   config = _CONFIG.value
   if _DTYPE.value:
     config.dtype = _DTYPE.value
-  run(config, _MASKS.value, _BATCH.value, _STEPS.value, _SWEEP.value, _PROFILE.value)
+  run(config, _MASKS.value, _BATCH.value, _STEPS.value, _SWEEP.value, _PROFILE.value,
+      _IN_TURNS.value)
 
 
 if __name__ == "__main__":

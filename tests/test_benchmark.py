@@ -7,9 +7,10 @@ from flip_jax import benchmark, objectives
 from helpers import tiny_flip_config
 
 
-def test_benchmark_prints_one_json_line_per_mask_ratio(capsys):
+@pytest.mark.parametrize("in_turns", [False, True])
+def test_benchmark_prints_one_json_line_per_mask_ratio(capsys, in_turns):
   c = tiny_flip_config()
-  rows = benchmark.run(c, ["0", "0.5"], batch=8, steps=1)
+  rows = benchmark.run(c, ["0", "0.5"], batch=8, steps=2, in_turns=in_turns)
   printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()
              if line.startswith("{")]
   assert printed == rows and [r["mask_ratio"] for r in rows] == [0.0, 0.5]
