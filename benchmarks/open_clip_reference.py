@@ -89,9 +89,10 @@ def serve(args):
   import sys
   step = None
   for line in sys.stdin:
-    if not line.split():
+    words = line.split()
+    if not words:
       continue
-    command, *rest = line.split()
+    command, *rest = words
     if command == "setup":
       step = make_step(args, float(rest[0]))
       step()

@@ -31,7 +31,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from flip_jax.stepper import Stepper
+from flip_jax.stepper import Stepper, setting_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", None,
@@ -78,10 +78,7 @@ class OpenClip:
 def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: int,
             pause_s: float) -> dict:
   """Median seconds of `rounds` steps of each side, taken in turns."""
-  c = config.copy_and_resolve_references()
-  c.batch_size, c.mask_ratio = batch, mask_ratio
-  c.total_samples = max(c.total_samples, batch)
-  c.evals = {}
+  c = setting_config(config, batch, mask_ratio)
   ours = Stepper(c)
   ours()  # compile + warm-up
   versions = reference.ask(f"setup {mask_ratio}")

@@ -9,9 +9,10 @@ setting compiles the trainer's jitted step (both towers, loss, optimizer update)
 on random inputs in this one process, so ratios between settings (speedup_vs_unmasked)
 are meaningful on a noisy machine; `--in_turns` compiles them all first and then times one
 step of each per round, so that a machine whose speed drifts over minutes does not skew
-those ratios either (at the cost of every setting's state in memory at once). MFU = analytic model FLOPs / step time / peak, where
-the peak is the device's bf16 figure on TPU/GPU (`flip_jax/hardware.py`, with its source)
-and a measured large float32 matmul on CPU. An objective may name parts of its step
+those ratios either (at the cost of every setting's state in memory at once). MFU =
+analytic model FLOPs / step time / peak, where the peak is the device's bf16 figure on
+TPU/GPU (`flip_jax/hardware.py`, with its source) and a measured large float32 matmul on
+CPU. An objective may name parts of its step
 (`benchmark_parts`, e.g. EVA's frozen teacher forward), each then also timed alone and
 reported as `<part>_s` and `<part>_share` of the step. Every setting also times the
 step's gradient-free tail alone (`Trainer.apply_gradients`: guarded optimizer update,
@@ -36,7 +37,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flip_jax import config_check, hardware, objectives, step_profile  # noqa: E402
-from flip_jax.stepper import Stepper  # noqa: E402
+from flip_jax.stepper import Stepper, setting_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _MASKS = flags.DEFINE_list("mask_ratios", ["0", "0.5", "0.75"], "mask ratios to compare")
@@ -175,10 +176,7 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
   key, values = parse_sweep(config, sweep)
   settings = []
   for r, value in itertools.product(mask_ratios, values):
-    c = config.copy_and_resolve_references()
-    c.batch_size, c.mask_ratio = batch, float(r)
-    c.total_samples = max(c.total_samples, batch)
-    c.evals = {}
+    c = setting_config(config, batch, float(r))
     setting = {"mask_ratio": float(r)}
     if key:
       _set(c, key, value)

@@ -10,6 +10,16 @@ import numpy as np
 from flip_jax import sharding, train
 
 
+def setting_config(config, batch: int, mask_ratio: float):
+  """A copy of `config` for timing its step: this batch size and mask ratio, at least one
+  batch of samples, no evaluations."""
+  c = config.copy_and_resolve_references()
+  c.batch_size, c.mask_ratio = batch, mask_ratio
+  c.total_samples = max(c.total_samples, batch)
+  c.evals = {}
+  return c
+
+
 def random_batch(trainer) -> dict:
   """Host arrays of the objective's batch spec: random integers below 100 (token ids,
   labels) and normal floats (images)."""
