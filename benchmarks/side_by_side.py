@@ -31,6 +31,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from flip_jax import host_malloc
 from flip_jax.stepper import Stepper, setting_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
@@ -108,6 +109,7 @@ def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: 
 
 def main(argv):
   del argv
+  malloc = host_malloc.reuse_freed_memory()  # as flip_jax.benchmark and flip_jax.main do
   reference = OpenClip(_TORCH_PYTHON.value, _MODEL.value, _BATCH.value, _CONTEXT.value,
                        _THREADS.value)
   config = _CONFIG.value
@@ -116,6 +118,7 @@ def main(argv):
   try:
     for r in (float(x) for x in _MASKS.value):
       row = compare(config, reference, r, _BATCH.value, _ROUNDS.value, _PAUSE.value)
+      row["ours_host_malloc"] = malloc
       if r == 0.0:
         base = row
       if base is not None:

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +37,7 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import config_check, hardware, objectives, step_profile  # noqa: E402
+from flip_jax import config_check, hardware, host_malloc, objectives, step_profile  # noqa: E402
 from flip_jax.stepper import Stepper, setting_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
@@ -226,6 +227,8 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
 
 def main(argv):
   del argv
+  print(f"flip_jax.benchmark: host malloc reuse {host_malloc.reuse_freed_memory()}",
+        file=sys.stderr, flush=True)
   config = _CONFIG.value
   if _DTYPE.value:
     config.dtype = _DTYPE.value

@@ -14,7 +14,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from flip_jax import config_check, console, distributed, train  # noqa: E402
+from flip_jax import config_check, console, distributed, host_malloc, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -25,11 +25,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   alike = (config_check.ConfigError, train.NonFiniteError)  # every process stops alike
+  malloc = host_malloc.reuse_freed_memory()  # before jax starts its backend
   try:
     distributed.initialize(_CONFIG.value)
     log_file = console.route_logs(_WORKDIR.value)
     console.say(f"flip_jax: {jax.device_count()} {jax.default_backend()} device(s), process "
-                f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}")
+                f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}; host "
+                f"malloc reuse {malloc}")
     distributed.run(lambda: train.run(_CONFIG.value, _WORKDIR.value), alike=alike)
   except alike as err:
     sys.exit(f"flip_jax: {err}")

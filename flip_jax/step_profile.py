@@ -171,11 +171,13 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
   """Runs `fn(state, arg) -> (state, out)` (a compiled, warmed-up step that donates its
   state) `steps` times under `jax.profiler.trace` and splits its time into CATEGORIES.
 
-  Returns (row, the last state). row: `traced_step_s` (median wall seconds of the traced
-  calls), `ops_s` (the per-step time in which the step's ops ran: the categories' sum),
-  `between_ops_s` (the mean traced wall time per step in which no op of it ran: dispatch,
-  the runtime between thunks, waiting for threads), and per category `<name>_s` and
-  `<name>_share` (of `ops_s`)."""
+  Returns (row, the last state). row: `traced_step_s` (mean wall seconds of the traced
+  calls), `ops_s` (the mean per-step time in which the step's ops ran: the categories'
+  sum), `between_ops_s` (the rest of `traced_step_s`, in which no op of the step ran:
+  dispatch, the runtime between thunks, waiting for threads), and per category `<name>_s`
+  and `<name>_share` (of `ops_s`). All three are means over the same steps, so `ops_s +
+  between_ops_s == traced_step_s` (a median wall against mean op times would differ by
+  however much one traced step was slower than the others)."""
   instructions, computations = parse_hlo(hlo_text)
   module = module_name(hlo_text)
   walls = []
@@ -201,8 +203,9 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
       labelled.append((start, end, category))
   seconds = attribute(labelled)
   total = sum(seconds.values()) / steps
-  row = {"traced_step_s": round(sorted(walls)[len(walls) // 2], 5), "ops_s": round(total, 5),
-         "between_ops_s": round(max(0.0, sum(walls) / steps - total), 5)}
+  wall = sum(walls) / steps
+  row = {"traced_step_s": round(wall, 5), "ops_s": round(total, 5),
+         "between_ops_s": round(max(0.0, wall - total), 5)}
   for name in CATEGORIES:
     s = seconds.get(name, 0.0) / steps
     row[f"{name}_s"] = round(s, 5)
