@@ -109,10 +109,11 @@ def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: 
 
 def main(argv):
   del argv
-  malloc = host_malloc.reuse_freed_memory()  # as flip_jax.benchmark and flip_jax.main do
+  config = _CONFIG.value
+  # as flip_jax.main and flip_jax.benchmark do; open_clip runs with glibc's defaults
+  malloc = host_malloc.reuse_freed_memory(config.host_malloc_reuse)
   reference = OpenClip(_TORCH_PYTHON.value, _MODEL.value, _BATCH.value, _CONTEXT.value,
                        _THREADS.value)
-  config = _CONFIG.value
   config.text_len = _CONTEXT.value
   base = None
   try:

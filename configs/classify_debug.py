@@ -25,4 +25,5 @@ def get_config(arg=None):
   c.ckpt_every_steps = 150
   c.evals.val = dict(type="val_loss", every_steps=0, dataset="digits", split="test",
                      batch_size=60)
+  c.host_malloc_reuse = False  # tiny steps: one malloc arena costs more than it saves
   return c

@@ -34,4 +34,5 @@ def get_config(arg=None):
   # The student's features (mean of its tokens), probed once at the end of training.
   c.evals.linear_probe = dict(type="linear_probe", every_steps=0, dataset="digits",
                               train_split="train", test_split="test")
+  c.host_malloc_reuse = False  # tiny steps: one malloc arena costs more than it saves
   return c

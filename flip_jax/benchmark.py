@@ -227,9 +227,10 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
 
 def main(argv):
   del argv
-  print(f"flip_jax.benchmark: host malloc reuse {host_malloc.reuse_freed_memory()}",
-        file=sys.stderr, flush=True)
   config = _CONFIG.value
+  print("flip_jax.benchmark: host malloc reuse: "
+        f"{host_malloc.reuse_freed_memory(config.host_malloc_reuse)}", file=sys.stderr,
+        flush=True)
   if _DTYPE.value:
     config.dtype = _DTYPE.value
   run(config, _MASKS.value, _BATCH.value, _STEPS.value, _SWEEP.value, _PROFILE.value,

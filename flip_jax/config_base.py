@@ -211,5 +211,10 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache (a restart skips compiling): '' = <workdir>/compile_cache,
   # 'none' = off, else a directory or gs:// path. The first step's time is logged as compile_s.
   c.compile_cache_dir = ""
+  # CPU only: glibc keeps and reuses the memory XLA frees (flip_jax/host_malloc.py), so a
+  # step's scratch is not paged in anew every step. Pays where that scratch is large
+  # (flip_b16, batch 8: a 2.1 GB buffer); with one malloc arena, tiny steps and compiles get
+  # ~10% slower, so the *_debug configs turn it off. Read by main, benchmark, side_by_side.
+  c.host_malloc_reuse = True
   c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps, ...}
   return c

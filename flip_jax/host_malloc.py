@@ -13,12 +13,16 @@ threads allocate from the main heap), no `mmap` and no trimming: the freed buffe
 the heap, and after the first few steps (XLA may free one step's buffer only after the next
 has taken its own, so the heap grows to hold two) every step gets one back already mapped:
 flip_b16's step then takes no page faults. It changes where memory comes from, never what
-is computed. The price: the process keeps its peak heap until it exits.
+is computed. The process keeps its peak heap until it exits.
+
+The other cost is one malloc arena for every thread: tiny steps and compilation get ~10% slower
+(flip_debug's run: 5m27s against 4m48s). So it follows `config.host_malloc_reuse`, on by
+default and off in the *_debug configs.
 
 It must run before jax starts its CPU backend: threads that have already picked an arena
-keep it. So the CPU entry points (`flip_jax.main`, `flip_jax.benchmark`, `flip_jax.study`)
-call it first. It does nothing on an accelerator host (there the step's memory is the
-device's), off glibc, or when FLIP_JAX_SYSTEM_MALLOC=1 asks for glibc's defaults.
+keep it. So `flip_jax.main`, `flip_jax.benchmark` and benchmarks/side_by_side.py call it
+first. It does nothing on an accelerator host (there the step's memory is the device's),
+off glibc, or when FLIP_JAX_SYSTEM_MALLOC=1 asks for glibc's defaults.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ import ctypes
 import glob
 import os
 import sys
+
+import jax
+from jax._src import xla_bridge
 
 OPT_OUT = "FLIP_JAX_SYSTEM_MALLOC"
 # mallopt parameters (glibc malloc.h) and what they are set to
@@ -38,17 +45,17 @@ _ACCELERATOR_NODES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
 def cpu_only() -> bool:
   """Whether jax will run on the CPU: JAX_PLATFORMS (or jax_platforms) names cpu first, or,
   with no platform named, the host has no TPU or NVIDIA GPU device node."""
-  import jax
   platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
   return not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES)
 
 
-def reuse_freed_memory() -> str:
+def reuse_freed_memory(enabled: bool = True) -> str:
   """Applies SETTINGS where they help and can take effect; returns what it did, for the log:
-  'applied', or why not."""
-  from jax._src import xla_bridge
+  'applied', or why not. `enabled`: the config's `host_malloc_reuse`."""
+  if not enabled:
+    return "off: config.host_malloc_reuse is false"
   if os.environ.get(OPT_OUT, "") not in ("", "0"):
     return f"skipped: {OPT_OUT} is set"
   if not sys.platform.startswith("linux") or not (

@@ -25,13 +25,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   alike = (config_check.ConfigError, train.NonFiniteError)  # every process stops alike
-  malloc = host_malloc.reuse_freed_memory()  # before jax starts its backend
+  # before jax starts its backend
+  malloc = host_malloc.reuse_freed_memory(_CONFIG.value.host_malloc_reuse)
   try:
     distributed.initialize(_CONFIG.value)
     log_file = console.route_logs(_WORKDIR.value)
     console.say(f"flip_jax: {jax.device_count()} {jax.default_backend()} device(s), process "
                 f"{jax.process_index()} of {jax.process_count()}; logs in {log_file}; host "
-                f"malloc reuse {malloc}")
+                f"malloc reuse: {malloc}")
     distributed.run(lambda: train.run(_CONFIG.value, _WORKDIR.value), alike=alike)
   except alike as err:
     sys.exit(f"flip_jax: {err}")

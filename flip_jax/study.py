@@ -259,8 +259,6 @@ if __name__ == "__main__":
 
   def _main(argv):
     del argv
-    from flip_jax import host_malloc
-    host_malloc.reuse_freed_memory()
     try:
       main(_STUDY.value, config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
            only=_ONLY.value, collect=_COLLECT.value, print_commands=_PRINT.value,

@@ -1,5 +1,4 @@
-"""Test set-up: CPU only, 8 simulated devices, absl flags parsed (grain workers need it), and
-glibc reusing the memory XLA frees (flip_jax.host_malloc), as the CPU entry points do."""
+"""Test set-up: CPU only, 8 simulated devices, absl flags parsed (grain workers need it)."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -10,10 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags  # noqa: E402
 
-from flip_jax import host_malloc  # noqa: E402
-
 flags.FLAGS.mark_as_parsed()
-host_malloc.reuse_freed_memory()  # as the entry points do, before jax starts its backend
 
 import pytest  # noqa: E402
 

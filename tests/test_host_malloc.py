@@ -54,14 +54,16 @@ def test_a_steps_scratch_is_reused_not_paged_in_again():
 
 def test_it_applies_only_where_it_can_take_effect():
   probe = ("import os, jax\nfrom flip_jax import host_malloc\n"
+           "print(host_malloc.reuse_freed_memory(False))\n"
            "print(host_malloc.cpu_only(), host_malloc.reuse_freed_memory())\n"
            "jax.devices()\nprint(host_malloc.reuse_freed_memory())\n")
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
   tpu = subprocess.run([sys.executable, "-c", probe.split("jax.devices()")[0]],
                        env=dict(env, JAX_PLATFORMS="tpu"), capture_output=True, text=True,
                        check=True).stdout
-  assert tpu.split() == ["False", "skipped:", "not", "a", "CPU", "run"]
+  assert tpu.splitlines() == ["off: config.host_malloc_reuse is false",
+                              "False skipped: not a CPU run"]
   cpu = subprocess.run([sys.executable, "-c", probe], env=dict(env, JAX_PLATFORMS="cpu"),
                        capture_output=True, text=True, check=True).stdout.splitlines()
-  assert cpu == ["True applied",
+  assert cpu == ["off: config.host_malloc_reuse is false", "True applied",
                  "skipped: jax's backend already started (its threads keep their arenas)"]

@@ -72,7 +72,7 @@ app.run(main.main)
 
 def main_args(workdir):
   return [f"--workdir={workdir}", f"--config={ROOT}/configs/flip_debug.py", *ARGS,
-          "--config.ckpt_async=true", "--config.ckpt_keep=5"]
+          "--config.ckpt_async=true", "--config.ckpt_keep=5", "--config.host_malloc_reuse=true"]
 
 
 def test_sigkill_during_an_async_save_restarts_from_the_newest_complete_checkpoint(
@@ -99,7 +99,7 @@ def test_sigkill_during_an_async_save_restarts_from_the_newest_complete_checkpoi
                             env=compile_cache(workdir), initialize=False).wait(600)[0]
   assert result.returncode == 0, result.stderr[-3000:]
   assert resumed_from(result.stdout) == [10]  # the console line
-  assert "host malloc reuse applied" in result.stdout  # before jax started (host_malloc)
+  assert "host malloc reuse: applied" in result.stdout  # before jax started (host_malloc)
   console = result.stdout.splitlines()  # progress lines of steps 11..30, the summary last
   assert [line.split()[1] for line in console if line.startswith("step ")] == [
       f"{s}/30" for s in range(11, 31)]
