@@ -43,9 +43,9 @@ _ACCELERATOR_NODES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
 
 
 def cpu_only() -> bool:
-  """Whether jax will run on the CPU: JAX_PLATFORMS (or jax_platforms) names cpu first, or,
-  with no platform named, the host has no TPU or NVIDIA GPU device node."""
-  platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
+  """Whether jax will run on the CPU: jax_platforms (set by JAX_PLATFORMS) names cpu first,
+  or, with no platform named, the host has no TPU or NVIDIA GPU device node."""
+  platforms = jax.config.jax_platforms
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
   return not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES)

@@ -14,7 +14,7 @@ from helpers import ROOT
 # per call of three calls after five (XLA may free one call's buffer after the next one has
 # allocated its own, so the heap holds two before it stops growing) and the result.
 PROGRAM = """
-import json, resource
+import json, resource, time
 from flip_jax import host_malloc
 status = host_malloc.reuse_freed_memory()
 import jax, jax.numpy as jnp
@@ -26,9 +26,11 @@ w = (jnp.arange(4096 * 16, dtype=jnp.float32).reshape(4096, 16) % 5) / 5
 f = jax.jit(f).lower(x, w).compile()
 for _ in range(5):
   f(x, w).block_until_ready()
+  time.sleep(0.05)  # a loop's host work between steps: XLA frees the buffer after returning
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
   out = f(x, w).block_until_ready()
+  time.sleep(0.05)
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
 print(json.dumps({"status": status, "temp_bytes": f.memory_analysis().temp_size_in_bytes,
                   "faults": faults, "out": out.tolist()}))
