@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import glob
 import re
+import resource
 import tempfile
 import time
 
@@ -53,6 +54,8 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]
 _CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|"
                     r"true_computation|false_computation)=\{?([^}]*?)\}?(?:,\s*\w+=|$|\s)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+# The StepTraceAnnotation around each traced call; `profile` keeps the ops inside them.
+STEP_LABEL = "flip_jax_profiled_step"
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
@@ -127,14 +130,21 @@ def categorize(name: str, instructions: dict, computations: dict, memo=None) -> 
 
 def op_events(xspace_path: str, module: str) -> list[tuple[int, int, str]]:
   """(start_ns, end_ns, hlo op name) of every op event of `module` in a trace file."""
-  events = []
+  return [(start, end, str(stats["hlo_op"])) for start, end, _, stats in _events(xspace_path)
+          if stats.get("hlo_module") == module and "hlo_op" in stats]
+
+
+def step_windows(xspace_path: str, label: str = STEP_LABEL) -> dict[int, tuple[int, int]]:
+  """step_num -> (start_ns, end_ns) of each `jax.profiler.StepTraceAnnotation(label)`."""
+  return {int(stats["step_num"]): (start, end) for start, end, name, stats
+          in _events(xspace_path) if name == label and "step_num" in stats}
+
+
+def _events(xspace_path: str):
   for plane in jax.profiler.ProfileData.from_file(xspace_path).planes:
     for line in plane.lines:
       for event in line.events:
-        stats = dict(event.stats)
-        if stats.get("hlo_module") == module and "hlo_op" in stats:
-          events.append((int(event.start_ns), int(event.end_ns), str(stats["hlo_op"])))
-  return events
+        yield int(event.start_ns), int(event.end_ns), event.name, dict(event.stats)
 
 
 def attribute(intervals: list[tuple[int, int, str]]) -> dict[str, float]:
@@ -169,29 +179,42 @@ def module_name(hlo_text: str) -> str:
 
 def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
   """Runs `fn(state, arg) -> (state, out)` (a compiled, warmed-up step that donates its
-  state) `steps` times under `jax.profiler.trace` and splits its time into CATEGORIES.
+  state) 1 + `steps` times under `jax.profiler.trace` and splits the time of the last
+  `steps` into CATEGORIES. The first traced call is a warm-up whose ops are dropped: it
+  pays the tracer's start-up, and where the tracer's own allocations took the host heap's
+  free space, the step's scratch is paged in anew in it (page faults inside its ops: on the
+  CI machine a 540 MB scratch made that step several times slower than an untraced one).
 
-  Returns (row, the last state). row: `traced_step_s` (mean wall seconds of the traced
+  Returns (row, the last state). row: `traced_step_s` (mean wall seconds of the kept
   calls), `ops_s` (the mean per-step time in which the step's ops ran: the categories'
   sum), `between_ops_s` (the rest of `traced_step_s`, in which no op of the step ran:
-  dispatch, the runtime between thunks, waiting for threads), and per category `<name>_s`
-  and `<name>_share` (of `ops_s`). All three are means over the same steps, so `ops_s +
-  between_ops_s == traced_step_s` (a median wall against mean op times would differ by
-  however much one traced step was slower than the others)."""
+  dispatch, the runtime between thunks, waiting for threads), `page_faults_per_step`
+  (mean minor page faults of this process during a kept call; near 0 when the step's
+  scratch is reused), and per category `<name>_s` and `<name>_share` (of `ops_s`). All
+  are means over the same steps, so `ops_s + between_ops_s == traced_step_s`."""
   instructions, computations = parse_hlo(hlo_text)
   module = module_name(hlo_text)
-  walls = []
+  walls, faults = [], []
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir):
-      for _ in range(steps):
-        t = time.perf_counter()
-        state, out = fn(state, arg)
-        jax.block_until_ready((state, out))
-        walls.append(time.perf_counter() - t)
+      for i in range(1 + steps):
+        with jax.profiler.StepTraceAnnotation(STEP_LABEL, step_num=i):
+          before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+          t = time.perf_counter()
+          state, out = fn(state, arg)
+          jax.block_until_ready((state, out))
+          walls.append(time.perf_counter() - t)
+          faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     paths = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
     if len(paths) != 1:
       raise RuntimeError(f"expected one trace file under {logdir}, found {paths}")
-    events = op_events(paths[0], module)
+    windows = step_windows(paths[0])
+    if sorted(windows) != list(range(1 + steps)):
+      raise RuntimeError(f"the trace has step annotations {sorted(windows)}, expected "
+                         f"0..{steps}")
+    kept = [windows[i] for i in range(1, 1 + steps)]
+    events = [e for e in op_events(paths[0], module)
+              if any(start <= e[0] <= end for start, end in kept)]
   if not events:
     raise RuntimeError(f"the trace has no op events of module {module!r}")
   memo, labelled = {}, []
@@ -203,9 +226,10 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
       labelled.append((start, end, category))
   seconds = attribute(labelled)
   total = sum(seconds.values()) / steps
-  wall = sum(walls) / steps
+  wall = sum(walls[1:]) / steps
   row = {"traced_step_s": round(wall, 5), "ops_s": round(total, 5),
-         "between_ops_s": round(max(0.0, wall - total), 5)}
+         "between_ops_s": round(max(0.0, wall - total), 5),
+         "page_faults_per_step": round(sum(faults[1:]) / steps, 1)}
   for name in CATEGORIES:
     s = seconds.get(name, 0.0) / steps
     row[f"{name}_s"] = round(s, 5)

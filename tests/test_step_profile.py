@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,31 @@ def test_moving_data_at_a_computed_offset_is_layout():
                i, instructions, computations, {})[0]]
   assert moves and all(step_profile.categorize(i, instructions, computations) == "layout"
                        for i in moves)
+
+
+def test_profile_drops_the_warm_up_call_and_keeps_each_steps_ops():
+  """`profile` traces 1 + steps calls, each in its own step annotation, and keeps the ops
+  of the last `steps`: the warm-up call's ops (here made slow by a first-call sleep on the
+  host, which lands between ops) are not counted."""
+  calls = []
+  step = jax.jit(lambda s, x: (s + jnp.tanh(x @ x).sum(), x), donate_argnums=(0,))
+
+  def fn(state, x):
+    if not calls:
+      time.sleep(0.3)
+    calls.append(1)
+    return step(state, x)
+
+  x = jnp.ones((128, 128))
+  fn_state = jnp.zeros(())
+  jax.block_until_ready(step(jnp.zeros(()), x))
+  hlo = step.lower(fn_state, x).compile().as_text()
+  row, state = step_profile.profile(fn, fn_state, x, hlo, steps=2)
+  assert len(calls) == 3
+  assert float(state) == pytest.approx(3 * float(jnp.tanh(x @ x).sum()))
+  assert row["traced_step_s"] < 0.3 and row["ops_s"] <= row["traced_step_s"]
+  assert row["ops_s"] > 0 and row["page_faults_per_step"] >= 0
+  assert row["ops_s"] + row["between_ops_s"] == pytest.approx(row["traced_step_s"], abs=2e-5)
 
 
 def test_profile_lines_add_up_to_the_step():
