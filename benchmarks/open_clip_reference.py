@@ -17,6 +17,7 @@ issue 18 compares against) and nothing of flip_jax. Not part of the tests.
 import argparse
 import json
 import math
+import resource
 import statistics
 import time
 
@@ -66,6 +67,13 @@ def make_step(args, mask_ratio: float):
   return step
 
 
+def cpu_since(before) -> dict:
+  """This process's user and system CPU seconds and minor page faults since `before`."""
+  now = resource.getrusage(resource.RUSAGE_SELF)
+  return dict(user_s=now.ru_utime - before.ru_utime, sys_s=now.ru_stime - before.ru_stime,
+              page_faults=now.ru_minflt - before.ru_minflt)
+
+
 def versions() -> dict:
   import open_clip
   import torch
@@ -85,9 +93,11 @@ def time_setting(args, mask_ratio: float) -> dict:
 def serve(args):
   """Steps on request, for benchmarks/side_by_side.py: reads lines from stdin and answers
   each with one JSON line on stdout. `setup <mask ratio>`: build the model and run the
-  warm-up step; `step`: one timed step, {"step_s": ...}; `quit`."""
+  warm-up step; `step`: one timed step, {"step_s", "user_s", "sys_s", "page_faults",
+"idle_cpu_s"} (`cpu_since` the step began; idle: CPU seconds this process used between
+its last reply and this command: the pauses and the other side's step); `quit`."""
   import sys
-  step = None
+  step, replied = None, resource.getrusage(resource.RUSAGE_SELF)
   for line in sys.stdin:
     words = line.split()
     if not words:
@@ -98,13 +108,17 @@ def serve(args):
       step()
       reply = versions()
     elif command == "step" and step is not None:
-      reply = {"step_s": step()}
+      idle = cpu_since(replied)
+      before = resource.getrusage(resource.RUSAGE_SELF)
+      reply = {"step_s": step(), **cpu_since(before),
+               "idle_cpu_s": idle["user_s"] + idle["sys_s"]}
     elif command == "quit":
       return
     else:
       reply = {"error": f"unknown command {line.strip()!r}" if command != "step"
                else "step before setup"}
     print(json.dumps(reply), flush=True)
+    replied = resource.getrusage(resource.RUSAGE_SELF)
 
 
 def main():

@@ -14,15 +14,19 @@ then `open_clip_reference.py`) lets a machine whose speed drifts over minutes fa
 side; in turns, both sample the same minutes.
 
 One JSON line per mask ratio: each side's median step seconds and images/s, their ratio
-(`ours_over_open_clip`, of images/s), the median of the per-round ratios, and each side's
+(`ours_over_open_clip`, of images/s), the median of the per-round ratios, each side's median
+user and system CPU seconds and page faults per step, and the CPU seconds it used between
+its steps (the pauses and the other side's step: `ours_idle_cpu_s`, ...), and each side's
 `speedup_vs_unmasked` (its median at this ratio against its own at mask ratio 0). Needs
 torch only in the other environment; not part of the tests.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +37,9 @@ from ml_collections import config_flags
 
 from flip_jax import host_malloc
 from flip_jax.stepper import Stepper, setting_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from open_clip_reference import cpu_since  # noqa: E402  (needs no torch)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", None,
@@ -76,23 +83,44 @@ class OpenClip:
     self.proc.wait()
 
 
+class Timed:
+  """Steps of ours, answered as open_clip_reference.py --serve answers `step`."""
+
+  def __init__(self, stepper: Stepper):
+    self.stepper, self.stepped = stepper, resource.getrusage(resource.RUSAGE_SELF)
+
+  def __call__(self) -> dict:
+    idle = cpu_since(self.stepped)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    reply = {"step_s": self.stepper(), **cpu_since(before),
+             "idle_cpu_s": idle["user_s"] + idle["sys_s"]}
+    self.stepped = resource.getrusage(resource.RUSAGE_SELF)
+    return reply
+
+
 def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: int,
             pause_s: float) -> dict:
   """Median seconds of `rounds` steps of each side, taken in turns."""
   c = setting_config(config, batch, mask_ratio)
-  ours = Stepper(c)
-  ours()  # compile + warm-up
+  ours = Timed(Stepper(c))
+  ours.stepper()  # compile + warm-up
   versions = reference.ask(f"setup {mask_ratio}")
-  theirs = lambda: reference.ask("step")["step_s"]  # noqa: E731
-  times = {"ours": [], "open_clip": []}
+
+  steps = {"ours": [], "open_clip": []}
   for i in range(rounds):
-    order = (("ours", ours), ("open_clip", theirs))
+    order = (("ours", ours), ("open_clip", functools.partial(reference.ask, "step")))
     for name, step in order if i % 2 == 0 else order[::-1]:
       time.sleep(pause_s)
-      times[name].append(step())
-  del ours
+      steps[name].append(step())
+  del ours, order
   gc.collect()
+  times = {k: [s["step_s"] for s in v] for k, v in steps.items()}
   med = {k: statistics.median(v) for k, v in times.items()}
+  # Each side's median CPU seconds and page faults per step: the kernel's share (sys_s)
+  # shows a side paging its memory in anew; idle_cpu_s, what a side used between its steps
+  # (threads spinning, an allocator trimming), would slow the other side's step.
+  cpu = {f"{k}_{field}": round(statistics.median(s[field] for s in v), 3)
+         for k, v in steps.items() for field in ("user_s", "sys_s", "page_faults", "idle_cpu_s")}
   return dict(config=c.objective, mask_ratio=mask_ratio, batch=batch, rounds=rounds,
               ours_step_s=round(med["ours"], 5), open_clip_step_s=round(med["open_clip"], 5),
               ours_images_per_s=round(batch / med["ours"], 3),
@@ -101,7 +129,7 @@ def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: 
               median_round_ratio=round(statistics.median(
                   b / a for a, b in zip(times["ours"], times["open_clip"])), 3),
               ours_all_s=[round(t, 3) for t in times["ours"]],
-              open_clip_all_s=[round(t, 3) for t in times["open_clip"]],
+              open_clip_all_s=[round(t, 3) for t in times["open_clip"]], **cpu,
               open_clip_model=reference.model, open_clip_threads=versions["threads"],
               open_clip=versions["open_clip"],
               torch=versions["torch"])
