@@ -104,26 +104,35 @@ def _median_seconds_donating(fn, state, arg, steps: int):
 def time_step(config, steps: int, profile: bool = False
               ) -> tuple[float, dict[str, float], dict | None]:
   """Median wall seconds of the trainer's step on random inputs (after compile + warm-up),
-  and `time_extras` of it."""
+  `profile_step` of it when `profile`, else None, and `time_parts` of it."""
   stepper = Stepper(config)
+  if profile:
+    stepper.compiled_text()  # before the warm-up: see profile_step
   stepper()  # compile + warm-up
   step_s = statistics.median([stepper() for _ in range(steps)])
-  return (step_s, *time_extras(stepper, steps, profile))
+  split = profile_step(stepper, steps) if profile else None
+  return step_s, time_parts(stepper, steps), split
 
 
-def time_extras(stepper: Stepper, steps: int, profile: bool = False
-                ) -> tuple[dict[str, float], dict | None]:
+def profile_step(stepper: Stepper, steps: int) -> dict:
+  """`steps` more steps traced and split into categories (`step_profile.profile`). Call
+  `stepper.compiled_text()` before the warm-up and nothing that compiles between the timed
+  steps and this: a compile's host allocations split the heap's free space, so that the
+  traced steps page their scratch in anew (`page_faults_per_step`) and run slower than
+  the timed ones."""
+  with jax.set_mesh(stepper.mesh):
+    split, stepper.state = step_profile.profile(stepper.trainer.step, stepper.state,
+                                                stepper.batch, stepper.compiled_text(), steps)
+  return split
+
+
+def time_parts(stepper: Stepper, steps: int) -> dict[str, float]:
   """Median wall seconds of each of the objective's `benchmark_parts` and of
   `Trainer.apply_gradients` (as `update`) jitted on their own with the same shardings (on
   one device the step runs its ops in sequence, so a part alone takes about what it takes
-  inside the step); with `profile`, `steps` more steps traced and split into categories
-  (`step_profile.profile`), else None."""
+  inside the step). Donates the stepper's state."""
   trainer, batch, state = stepper.trainer, stepper.batch, stepper.state
   with jax.set_mesh(stepper.mesh):
-    split = None
-    if profile:
-      hlo = trainer.step.lower(state, batch).compile().as_text()
-      split, state = step_profile.profile(trainer.step, state, batch, hlo, steps)
     parts = {}
     for name, fn in trainer.objective.benchmark_parts().items():
       part = jax.jit(lambda p, e, b, fn=fn: fn(nnx.merge(trainer.graphdef, p, e),
@@ -136,7 +145,7 @@ def time_extras(stepper: Stepper, steps: int, profile: bool = False
     grads = jax.tree.map(jnp.zeros_like, state["params"])
     parts["update"], _ = _median_seconds_donating(update, state, grads, steps)
   stepper.state = None  # donated above
-  return parts, split
+  return parts
 
 
 def parse_sweep(config, sweep: str | None) -> tuple[str | None, list]:
@@ -188,21 +197,24 @@ def run(config, mask_ratios, batch: int, steps: int, sweep: str | None = None,
       print(json.dumps(dict(setting, skipped=str(err))), flush=True)
       continue
     settings.append((setting, c))
-  steppers, medians = [], []
+  steppers, medians, splits = [], [], []
   if in_turns:
     steppers = [Stepper(c) for _, c in settings]
     for stepper in steppers:
+      if profile:
+        stepper.compiled_text()  # before the warm-ups: see profile_step
       stepper()  # compile + warm-up
     times = [[] for _ in steppers]
     for _ in range(steps):
       for stepper, seconds in zip(steppers, times):
         seconds.append(stepper())
     medians = [statistics.median(seconds) for seconds in times]
+    splits = [profile_step(stepper, steps) if profile else None for stepper in steppers]
   for i, (setting, c) in enumerate(settings):
     r = setting["mask_ratio"]
     if in_turns:
-      step_s = medians[i]
-      parts, split = time_extras(steppers[i], steps, profile)
+      step_s, split = medians[i], splits[i]
+      parts = time_parts(steppers[i], steps)
       steppers[i] = None
     else:
       step_s, parts, split = time_step(c, steps, profile)

@@ -46,6 +46,14 @@ class Stepper:
       self.batch = {k: jax.device_put(v, self.trainer.batch_shardings[k])
                     for k, v in random_batch(self.trainer).items()}
       self.state = self.trainer.init()
+    self._compiled_text = None
+
+  def compiled_text(self) -> str:
+    """The optimised HLO of the step (lowered and compiled once, then kept)."""
+    if self._compiled_text is None:
+      with jax.set_mesh(self.mesh):
+        self._compiled_text = self.trainer.step.lower(self.state, self.batch).compile().as_text()
+    return self._compiled_text
 
   def __call__(self) -> float:
     with jax.set_mesh(self.mesh):
