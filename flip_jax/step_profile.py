@@ -182,8 +182,8 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
   state) 1 + `steps` times under `jax.profiler.trace` and splits the time of the last
   `steps` into CATEGORIES. The first traced call is a warm-up whose ops are dropped: it
   pays the tracer's start-up, and where the tracer's own allocations took the host heap's
-  free space, the step's scratch is paged in anew in it (page faults inside its ops: on the
-  CI machine a 540 MB scratch made that step several times slower than an untraced one).
+  free space, it pages the step's scratch in anew (page faults inside its ops). Compile
+  nothing between the steps timed for comparison and this call, for the same reason.
 
   Returns (row, the last state). row: `traced_step_s` (mean wall seconds of the kept
   calls), `ops_s` (the mean per-step time in which the step's ops ran: the categories'
