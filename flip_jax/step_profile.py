@@ -56,6 +56,9 @@ _CALLS = re.compile(r"(?:calls|to_apply|body|condition|branch_computations|"
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # The StepTraceAnnotation around each traced call; `profile` keeps the ops inside them.
 STEP_LABEL = "flip_jax_profiled_step"
+# Idle seconds before each traced call (not timed): XLA frees a call's scratch after
+# returning, and a call dispatched before that allocates fresh memory.
+PAUSE_S = 0.05
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
@@ -182,8 +185,11 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
   state) 1 + `steps` times under `jax.profiler.trace` and splits the time of the last
   `steps` into CATEGORIES. The first traced call is a warm-up whose ops are dropped: it
   pays the tracer's start-up, and where the tracer's own allocations took the host heap's
-  free space, it pages the step's scratch in anew (page faults inside its ops). Compile
-  nothing between the steps timed for comparison and this call, for the same reason.
+  free space, it pages the step's scratch in anew (page faults inside its ops). Each call
+  follows a pause (PAUSE_S, untimed), as a training loop's host work gives, so that XLA
+  has freed the previous call's scratch (on one core, without it, one traced flip_debug
+  step in two runs paged its 540 MB in again). Compile nothing between the steps timed
+  for comparison and this call, for the same reason.
 
   Returns (row, the last state). row: `traced_step_s` (mean wall seconds of the kept
   calls), `ops_s` (the mean per-step time in which the step's ops ran: the categories'
@@ -198,6 +204,7 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir):
       for i in range(1 + steps):
+        time.sleep(PAUSE_S)
         with jax.profiler.StepTraceAnnotation(STEP_LABEL, step_num=i):
           before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
           t = time.perf_counter()

@@ -95,7 +95,7 @@ def test_profile_lines_add_up_to_the_step():
                                  "intra_op_parallelism_threads=1"])
   out = subprocess.run(
       [sys.executable, "-m", "flip_jax.benchmark", "--config=configs/flip_debug.py",
-       "--mask_ratios=0,0.5", "--batch=128", "--steps=3", "--profile", "--config.image_size=64",
+       "--mask_ratios=0,0.5", "--batch=128", "--steps=5", "--profile", "--config.image_size=64",
        "--config.model.image.width=128", "--config.model.image.mlp_dim=512",
        "--config.host_malloc_reuse=true"],  # a 540 MB scratch: reused, not paged in anew
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=True).stdout
