@@ -131,23 +131,23 @@ def categorize(name: str, instructions: dict, computations: dict, memo=None) -> 
   return "other"
 
 
-def op_events(xspace_path: str, module: str) -> list[tuple[int, int, str]]:
-  """(start_ns, end_ns, hlo op name) of every op event of `module` in a trace file."""
-  return [(start, end, str(stats["hlo_op"])) for start, end, _, stats in _events(xspace_path)
+def read_events(xspace_path: str) -> list[tuple[int, int, str, dict]]:
+  """(start_ns, end_ns, name, stats) of every event in a trace file."""
+  return [(int(event.start_ns), int(event.end_ns), event.name, dict(event.stats))
+          for plane in jax.profiler.ProfileData.from_file(xspace_path).planes
+          for line in plane.lines for event in line.events]
+
+
+def op_events(events: list, module: str) -> list[tuple[int, int, str]]:
+  """(start_ns, end_ns, hlo op name) of every op event of `module` (`read_events` rows)."""
+  return [(start, end, str(stats["hlo_op"])) for start, end, _, stats in events
           if stats.get("hlo_module") == module and "hlo_op" in stats]
 
 
-def step_windows(xspace_path: str, label: str = STEP_LABEL) -> dict[int, tuple[int, int]]:
+def step_windows(events: list, label: str = STEP_LABEL) -> dict[int, tuple[int, int]]:
   """step_num -> (start_ns, end_ns) of each `jax.profiler.StepTraceAnnotation(label)`."""
-  return {int(stats["step_num"]): (start, end) for start, end, name, stats
-          in _events(xspace_path) if name == label and "step_num" in stats}
-
-
-def _events(xspace_path: str):
-  for plane in jax.profiler.ProfileData.from_file(xspace_path).planes:
-    for line in plane.lines:
-      for event in line.events:
-        yield int(event.start_ns), int(event.end_ns), event.name, dict(event.stats)
+  return {int(stats["step_num"]): (start, end) for start, end, name, stats in events
+          if name == label and "step_num" in stats}
 
 
 def attribute(intervals: list[tuple[int, int, str]]) -> dict[str, float]:
@@ -215,12 +215,13 @@ def profile(fn, state, arg, hlo_text: str, steps: int) -> tuple[dict, object]:
     paths = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
     if len(paths) != 1:
       raise RuntimeError(f"expected one trace file under {logdir}, found {paths}")
-    windows = step_windows(paths[0])
+    trace = read_events(paths[0])
+    windows = step_windows(trace)
     if sorted(windows) != list(range(1 + steps)):
       raise RuntimeError(f"the trace has step annotations {sorted(windows)}, expected "
                          f"0..{steps}")
     kept = [windows[i] for i in range(1, 1 + steps)]
-    events = [e for e in op_events(paths[0], module)
+    events = [e for e in op_events(trace, module)
               if any(start <= e[0] <= end for start, end in kept)]
   if not events:
     raise RuntimeError(f"the trace has no op events of module {module!r}")
