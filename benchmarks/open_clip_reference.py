@@ -74,6 +74,24 @@ def cpu_since(before) -> dict:
               page_faults=now.ru_minflt - before.ru_minflt)
 
 
+class Timed:
+  """Wraps `step() -> wall seconds`: each call answers {"step_s", "user_s", "sys_s",
+  "page_faults", "idle_cpu_s"}: `cpu_since` the step began, and the CPU seconds this
+  process used since the previous call ended (the pauses and the other side's step, in
+  benchmarks/side_by_side.py, which times flip_jax's step with it too)."""
+
+  def __init__(self, step):
+    self.step, self.stepped = step, resource.getrusage(resource.RUSAGE_SELF)
+
+  def __call__(self) -> dict:
+    idle = cpu_since(self.stepped)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    reply = {"step_s": self.step(), **cpu_since(before),
+             "idle_cpu_s": idle["user_s"] + idle["sys_s"]}
+    self.stepped = resource.getrusage(resource.RUSAGE_SELF)
+    return reply
+
+
 def versions() -> dict:
   import open_clip
   import torch
@@ -93,11 +111,9 @@ def time_setting(args, mask_ratio: float) -> dict:
 def serve(args):
   """Steps on request, for benchmarks/side_by_side.py: reads lines from stdin and answers
   each with one JSON line on stdout. `setup <mask ratio>`: build the model and run the
-  warm-up step; `step`: one timed step, {"step_s", "user_s", "sys_s", "page_faults",
-"idle_cpu_s"} (`cpu_since` the step began; idle: CPU seconds this process used between
-its last reply and this command: the pauses and the other side's step); `quit`."""
+  warm-up step; `step`: one timed step, answered as `Timed` answers; `quit`."""
   import sys
-  step, replied = None, resource.getrusage(resource.RUSAGE_SELF)
+  step = None
   for line in sys.stdin:
     words = line.split()
     if not words:
@@ -106,19 +122,16 @@ its last reply and this command: the pauses and the other side's step); `quit`."
     if command == "setup":
       step = make_step(args, float(rest[0]))
       step()
+      step = Timed(step)
       reply = versions()
     elif command == "step" and step is not None:
-      idle = cpu_since(replied)
-      before = resource.getrusage(resource.RUSAGE_SELF)
-      reply = {"step_s": step(), **cpu_since(before),
-               "idle_cpu_s": idle["user_s"] + idle["sys_s"]}
+      reply = step()
     elif command == "quit":
       return
     else:
       reply = {"error": f"unknown command {line.strip()!r}" if command != "step"
                else "step before setup"}
     print(json.dumps(reply), flush=True)
-    replied = resource.getrusage(resource.RUSAGE_SELF)
 
 
 def main():

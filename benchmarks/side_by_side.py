@@ -26,7 +26,6 @@ import functools
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from flip_jax import host_malloc
 from flip_jax.stepper import Stepper, setting_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from open_clip_reference import cpu_since  # noqa: E402  (needs no torch)
+from open_clip_reference import Timed  # noqa: E402  (needs no torch)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=False)
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", None,
@@ -83,27 +82,13 @@ class OpenClip:
     self.proc.wait()
 
 
-class Timed:
-  """Steps of ours, answered as open_clip_reference.py --serve answers `step`."""
-
-  def __init__(self, stepper: Stepper):
-    self.stepper, self.stepped = stepper, resource.getrusage(resource.RUSAGE_SELF)
-
-  def __call__(self) -> dict:
-    idle = cpu_since(self.stepped)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    reply = {"step_s": self.stepper(), **cpu_since(before),
-             "idle_cpu_s": idle["user_s"] + idle["sys_s"]}
-    self.stepped = resource.getrusage(resource.RUSAGE_SELF)
-    return reply
-
-
 def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: int,
             pause_s: float) -> dict:
   """Median seconds of `rounds` steps of each side, taken in turns."""
   c = setting_config(config, batch, mask_ratio)
-  ours = Timed(Stepper(c))
-  ours.stepper()  # compile + warm-up
+  stepper = Stepper(c)
+  stepper()  # compile + warm-up
+  ours = Timed(stepper)
   versions = reference.ask(f"setup {mask_ratio}")
 
   steps = {"ours": [], "open_clip": []}
@@ -112,7 +97,7 @@ def compare(config, reference: OpenClip, mask_ratio: float, batch: int, rounds: 
     for name, step in order if i % 2 == 0 else order[::-1]:
       time.sleep(pause_s)
       steps[name].append(step())
-  del ours, order
+  del stepper, ours, order
   gc.collect()
   times = {k: [s["step_s"] for s in v] for k, v in steps.items()}
   med = {k: statistics.median(v) for k, v in times.items()}
