@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from grain import checkpoint as grain_ckpt
 
+from flip_jax import trees
+
 CKPT_DIR = "checkpoints"
 
 
@@ -42,13 +44,26 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iter=None, *,
 
 def restore(mgr: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
             step: int | None = None) -> Any:
-  """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+  """Restores onto the shardings carried by `abstract_state` (ShapeDtypeStructs). A state
+  saved with other towers scanned (blocks stacked) or unrolled is read in its own layout
+  and converted on the devices (`trees.relayout`), so a run resumes either way."""
   step = mgr.latest_step() if step is None else step
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  saved_names = trees.flatten(_state_metadata(str(mgr.directory), step))
+  saved = trees.as_layout(abstract_state, saved_names)
+  items = {"state": ocp.args.StandardRestore(saved)}
   if data_iter is not None:
     items["data"] = grain_ckpt.CheckpointRestore(data_iter)
-  restored = mgr.restore(step, args=ocp.args.Composite(**items))
-  return restored["state"]
+  state = mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+  if jax.tree.structure(saved) == jax.tree.structure(abstract_state):
+    return state
+  shardings = jax.tree.map(lambda s: s.sharding, abstract_state)
+  return jax.jit(lambda s: trees.relayout(s, abstract_state), out_shardings=shardings)(state)
+
+
+def _state_metadata(ckpt_dir: str, step: int):
+  """The tree of array metadata of a checkpoint's `state` item."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.metadata(os.path.join(ckpt_dir, str(step), "state")).item_metadata.tree
 
 
 def find_checkpoint_dir(path: str) -> tuple[str, int]:
@@ -79,8 +94,8 @@ def load_state_entry(path: str, key: str) -> dict | None:
   ckpt_dir, step = find_checkpoint_dir(path)
   logging.info("loading %s from %s step %d", key, ckpt_dir, step)
   state_dir = os.path.join(ckpt_dir, str(step), "state")
+  meta = _state_metadata(ckpt_dir, step)
   with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(state_dir).item_metadata.tree
     if key not in meta:
       return None
     if not jax.tree.leaves(meta[key]):

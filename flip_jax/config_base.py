@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path=0.0,
       remat="none",         # 'none' | 'full' | 'dots' (save matmul outputs) | 'dots_no_batch'
       #                       (save the non-batched matmuls: not attention's); models/layers.py
-      scan=False,           # run the blocks as one jax.lax.scan (compile once); same params
+      scan=False,           # blocks stored stacked, run as one jax.lax.scan (compile once);
+      #                       checkpoints load either way (models/layers.py Stacked)
       mask_token=False,     # learned token for boolean-mask replacement (EVA/SimMIM)
       ln_eps=1e-6,          # every LayerNorm of the tower (OpenAI/HF CLIP: 1e-5)
       patch_bias=True,      # bias of the patch embedding (OpenAI/HF CLIP: none)

@@ -37,7 +37,9 @@ class Model:
     abstract = nnx.eval_shape(lambda: from_config.build(config, rngs=nnx.Rngs(0),
                                                         dtype=dtype))
     graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
-    nnx.replace_by_pure_dict(abstract_params, trees.unflatten(params))
+    # Either layout of scanned blocks, into the model's own (trees.fill).
+    nnx.replace_by_pure_dict(abstract_params, trees.fill(nnx.to_pure_dict(abstract_params),
+                                                         params, workdir))
     mesh = sharding.make_mesh({"data": -1})
     replicated = jax.NamedSharding(mesh, jax.P())
     state = jax.device_put((abstract_params, rest), replicated)

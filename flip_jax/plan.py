@@ -73,7 +73,7 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flip_jax import (config_check, config_io, gpu_cost, gpu_targets, hardware,  # noqa: E402
-                      hlo_stats, input_rate, loop_cost, plan_batch, sharding, train)
+                      hlo_stats, input_rate, loop_cost, plan_batch, sharding, train, trees)
 
 GIB = hardware.GIB
 # Generations whose two TensorCores per chip run as one "megacore" JAX device (as on a
@@ -240,7 +240,9 @@ def _analyse(trainer, state, compiled, jaxpr, spec, num_devices) -> dict:
   records = hlo_stats.collectives(hlo, num_devices)
   # Collectives over arrays shaped like a weight (trained or extra): FSDP's gathers and
   # gradient reductions, told apart from the loss's gathers over the batch.
-  weight_dims = {tuple(x.shape) for x in jax.tree.leaves((state["params"], state["extra"]))}
+  # A scanned tower gathers one layer's slice of its stacked params at a time.
+  weight_dims = {tuple(x.shape[1:] if trees.STACKED in name.split("/") else x.shape)
+                 for name, x in trees.flatten((state["params"], state["extra"])).items()}
   traffic = sum(r["traffic"] for r in records)
   try:
     model_flops = trainer.objective.flops_per_sample() * trainer.config.batch_size

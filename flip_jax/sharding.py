@@ -68,11 +68,13 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
 
   With `mesh` and `shape`, a mesh axis is only used where it divides the dimension, and
   arrays smaller than `min_size` elements are not split over 'fsdp' (tiny params are
-  cheaper replicated than gathered).
+  cheaper replicated than gathered); for stacked layers (a leading 'layers' axis, which no
+  rule shards) that is the size of one layer's slice.
   """
   used: set[str] = set()
   spec = []
-  small = shape is not None and math.prod(shape) < min_size
+  per_layer = shape[1:] if shape is not None and axes and axes[0] == "layers" else shape
+  small = shape is not None and math.prod(per_layer) < min_size
   for i, name in enumerate(axes):
     chosen = []
     for mesh_axis in RULES.get(name, ()) if name else ():

@@ -1,5 +1,5 @@
-"""Scanned towers (`model.*.scan`): the same params, loss and gradients as the unrolled
-ones, and checkpoints that either kind reads."""
+"""Scanned towers (`model.*.scan`): stacked params that name as the unrolled ones
+(`trees.unstack`), the same loss and gradients, and checkpoints that either kind reads."""
 import os
 
 import jax
@@ -26,16 +26,21 @@ def test_scanned_towers_equal_unrolled_on_8_devices(remat):
   mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
   loss_u, grads_u, params_u, _ = loss_and_grads(scan_config(False, remat), mesh)
   loss_s, grads_s, params_s, _ = loss_and_grads(scan_config(True, remat), mesh)
-  assert trees.flatten(params_u).keys() == trees.flatten(params_s).keys()
-  for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_s)):
-    np.testing.assert_array_equal(a, b)  # one layout, one init
+  stacked = trees.flatten(params_s)
+  assert "image/encoder/blocks/stacked/mlp/fc1/kernel" in stacked
+  assert stacked["image/encoder/blocks/stacked/mlp/fc1/kernel"].shape[0] == 3
+  params_u, params_s = trees.flatten(params_u), trees.unstack(stacked)
+  assert params_u.keys() == params_s.keys()
+  for name in params_u:
+    np.testing.assert_array_equal(params_u[name], params_s[name])  # one seed, one init
   np.testing.assert_allclose(loss_s, loss_u, rtol=0, atol=1e-6)
+  grads_u, grads_s = trees.flatten(grads_u), trees.unstack(trees.flatten(grads_s))
   assert_grads_close(grads_s, grads_u)
   if remat == "none":  # drop-path really acted: the deepest block's gradient needs it
     no_drop = scan_config(True, remat)
     no_drop.model.image.drop_path = 0.0
     name = "image/encoder/blocks/2/mlp/fc1/kernel"
-    moved = trees.flatten(loss_and_grads(no_drop, mesh)[1])[name] - trees.flatten(grads_u)[name]
+    moved = trees.unstack(trees.flatten(loss_and_grads(no_drop, mesh)[1]))[name] - grads_u[name]
     assert np.abs(moved).max() > 1e-4
 
 
@@ -88,14 +93,23 @@ def test_checkpoints_load_across_scanned_and_unrolled(tmp_path):
     with jax.set_mesh(mesh):
       restored = jax.device_get(checkpoint.restore(mgr, trainer.abstract_state()))
     mgr.close()
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
-      np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(restored) == jax.tree.structure(trainer.abstract_state())
+    assert_same_by_name(restored, state)
   # resume the scanned run unrolled; then the unrolled checkpoint back into a scanned model
   resumed = jax.device_get(train.run(unrolled, workdir)["state"])
   assert int(resumed["step"]) == 3
+  assert "image/encoder/blocks/0/ln1/scale" in trees.flatten(resumed["params"])
   params = train.load_init_params(train.Trainer(scanned, mesh), workdir)
-  for a, b in zip(jax.tree.leaves(resumed["params"]), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
+  assert "image/encoder/blocks/stacked/ln1/scale" in trees.flatten(params)
+  assert_same_by_name(params, resumed["params"])
+
+
+def assert_same_by_name(a, b):
+  """Equal trees once scanned blocks are named as unrolled ones."""
+  a, b = trees.unstack(trees.flatten(a)), trees.unstack(trees.flatten(b))
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_restart_reads_the_step_from_the_compile_cache(tmp_path):
@@ -165,3 +179,49 @@ def test_trip_count_of_a_tpu_while_loop():
   assert hlo_stats.trip_count('body=%b, backend_config={"known_trip_count":{"n":"7"}}',
                               bodies) == 7
   assert hlo_stats.trip_count("condition=%other, body=%body", bodies) == 1
+
+
+def test_fill_reads_either_layout_into_either_model():
+  """`trees.fill`: stacked or unrolled weights into a stacked or unrolled model; a missing
+  layer is named."""
+  f32 = np.float32
+  stacked = {"enc/blocks/stacked/w": np.arange(6, dtype=f32).reshape(3, 2), "head": np.ones(2, f32)}
+  unrolled = trees.unstack(stacked)
+  assert sorted(unrolled) == ["enc/blocks/0/w", "enc/blocks/1/w", "enc/blocks/2/w", "head"]
+  np.testing.assert_array_equal(unrolled["enc/blocks/1/w"], [2, 3])
+  sds = jax.ShapeDtypeStruct
+  as_stacked = {"enc": {"blocks": {"stacked": {"w": sds((3, 2), f32)}}}, "head": sds((2,), f32)}
+  as_unrolled = {"enc": {"blocks": {i: {"w": sds((2,), f32)} for i in range(3)}},
+                 "head": sds((2,), f32)}
+  for source in (stacked, unrolled):
+    assert_same_by_name(trees.fill(as_stacked, source, "src"), stacked)
+    assert_same_by_name(trees.fill(as_unrolled, source, "src"), stacked)
+  del unrolled["enc/blocks/2/w"]
+  with pytest.raises(ValueError, match=r"src: has no param 'enc/blocks/2/w'"):
+    trees.fill(as_stacked, unrolled, "src")
+
+
+def test_scanned_params_are_stacked_and_sharded_per_layer():
+  """One array per kind of param with an unsharded leading layer axis; FSDP splits a
+  layer's slice as it would split the unrolled param."""
+  c = scan_config(True)
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
+  trainer = train.Trainer(c, mesh)
+  specs = trees.flatten(trainer.specs["params"])
+  unrolled = trees.flatten(train.Trainer(scan_config(False), mesh).specs["params"])
+  for name, spec in specs.items():
+    if trees.STACKED in name.split("/"):
+      assert spec[0] is None, name
+      assert tuple(spec[1:]) == tuple(unrolled[name.replace(trees.STACKED, "0")]), name
+  assert not any("/blocks/0/" in n for n in specs if n.startswith(("image/", "text/")))
+
+
+def test_layer_decay_refuses_a_scanned_vit():
+  from flip_jax import config_check
+  from helpers import load_config
+  c = load_config("classify_debug", "vit")
+  c.classify.layer_decay = 0.75
+  c.model.image.scan = True
+  with pytest.raises(config_check.ConfigError, match=r"config.classify.layer_decay: .*"
+                     r"config.model.image.scan=false"):
+    config_check.validate(c, 1)

@@ -29,11 +29,12 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def param_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """{'image/pos_emb': (65, 64), ...} of the model `config.model` describes (nothing allocated)."""
+  """{'image/pos_emb': (65, 64), ...} of the model `config.model` describes (nothing
+  allocated), scanned blocks named as unrolled ones (`trees.unstack`)."""
   abstract = nnx.eval_shape(lambda: from_config.build(config, rngs=nnx.Rngs(0),
                                                       dtype=np.float32))
   params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-  return {k: tuple(v.shape) for k, v in trees.flatten(params).items()}
+  return {k: tuple(v.shape) for k, v in trees.unstack(trees.flatten(params)).items()}
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def output_dir(out: str):
 @dataclasses.dataclass
 class Checkpoint:
   config: ml_collections.ConfigDict
-  params: dict[str, np.ndarray]  # flat, '/'-joined paths
+  params: dict[str, np.ndarray]  # flat, '/'-joined paths, blocks unrolled (trees.unstack)
   step: int
   workdir: str  # where config.json (and tokenizer.json, if any) live
 
@@ -88,7 +89,8 @@ def read_tokenizer_json(config: ml_collections.ConfigDict, workdir: str) -> str 
 def read(path: str, *, drop: Callable[[ml_collections.ConfigDict], Iterable[str]] = (
     lambda config: ())) -> Checkpoint:
   """A training workdir (newest step) or an exported directory, less the top-level param
-  subtrees that `drop(config)` names (e.g. `objectives.training_only_params`)."""
+  subtrees that `drop(config)` names (e.g. `objectives.training_only_params`); scanned
+  blocks read as unrolled ones."""
   workdir = find_workdir(path)
   config = config_io.read(workdir)
   try:
@@ -96,8 +98,8 @@ def read(path: str, *, drop: Callable[[ml_collections.ConfigDict], Iterable[str]
   except FileNotFoundError as err:
     raise ConversionError(str(err)) from None
   dropped = tuple(drop(config))
-  params = {k: np.asarray(v) for k, v in trees.flatten(checkpoint.load_params(path)).items()
-            if k.split("/")[0] not in dropped}
+  flat = trees.unstack(trees.flatten(checkpoint.load_params(path)))
+  params = {k: np.asarray(v) for k, v in flat.items() if k.split("/")[0] not in dropped}
   return Checkpoint(config, params, step, workdir)
 
 
@@ -119,7 +121,9 @@ def check_params(params: dict[str, np.ndarray], config: ml_collections.ConfigDic
 def write_exported(out: str, *, params: dict[str, np.ndarray],
                    config: ml_collections.ConfigDict, step: int = 0,
                    tokenizer_json: str | None = None) -> str:
-  """Writes an exported directory at `out` (see the module docstring); returns its path."""
+  """Writes an exported directory at `out` (see the module docstring); returns its path.
+  Scanned blocks are written unrolled (`trees.unstack`), whichever layout `params` has."""
+  params = trees.unstack(params)
   check_params(params, config, source="the converted weights")
   with output_dir(out) as tmp:
     mgr = checkpoint.manager(tmp, every_steps=1, keep=1, use_async=False)

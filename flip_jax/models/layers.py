@@ -199,47 +199,84 @@ def layer_keys(rng, indices):
   return keys.reshape(indices.shape + keys.shape[1:])
 
 
-def scan_layers(layers: Sequence, x, apply: Callable, xs=None, *, remat: str = "none"):
-  """x = apply(layers[i], x, xs[i]) for i = 0, 1, ... as one `jax.lax.scan`.
+LAYERS_AXIS = "layers"  # the leading axis of stacked params; no sharding rule names it
 
-  `layers` are modules (or tuples of modules) of one structure. Their params are stacked
-  on a leading layers axis at call time and each scan step merges one slice back into a
-  module, so XLA compiles the layer once however deep the tower, while the model's state
-  (and so every checkpoint, optimizer rule and weight converter) keeps the unrolled layout
-  `blocks/<i>/...`: a scanned and an unrolled model are the same params. The stacked axis
-  is left unsharded; each slice keeps its param's sharding. Static attributes come from
-  layers[0]: what differs between layers (drop-path rates, RNG keys) travels in `xs`.
-  `remat` names a REMAT_POLICIES entry applied to each step.
-  """
-  graphdef = nnx.graphdef(layers[0])
-  stacked = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(layer) for layer in layers])
 
+def stack_modules(modules: Sequence) -> nnx.Module:
+  """One module of modules[0]'s structure whose params are the modules' params stacked on
+  a leading 'layers' axis (their `axes` metadata gains it). Static attributes come from
+  modules[0]."""
+  state = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(m) for m in modules])
+  stacked = nnx.merge(nnx.graphdef(modules[0]), state)
+  for _, v in nnx.iter_graph(stacked):
+    if isinstance(v, nnx.Variable) and v.has_metadata("axes"):
+      v.set_metadata(axes=(LAYERS_AXIS,) + tuple(v.get_metadata()["axes"]))
+  return stacked
+
+
+class Stacked(nnx.Module):
+  """Layers of one structure stored as one module with stacked params, run by `scan`.
+
+  Its params are named '<...>/stacked/<param>' with the layer index as their leading
+  axis; `trees.unstack` names them as an unrolled list does ('<...>/<i>/<param>'), which
+  is the layout checkpoints are read in (see `trees.fill`), so a scanned and an unrolled
+  model load each other's weights. Stored stacked, the optimizer, the gradient and the
+  FSDP gathers see one array per kind of param instead of one per layer, so the compiled
+  step shrinks with depth (a stack made at call time, `scan_layers`, adds copies)."""
+
+  def __init__(self, layers: Sequence):
+    self.depth = len(layers)
+    self.stacked = stack_modules(layers)
+
+  def scan(self, x, apply: Callable, xs=None, *, remat: str = "none"):
+    """x = apply(layer i, x, xs[i]) for i = 0 .. depth-1 as one `jax.lax.scan`."""
+    return _scan(*nnx.split(self.stacked), x, apply, xs, remat)
+
+
+def _scan(graphdef, stacked_state, x, apply, xs, remat):
   def step(h, inputs):
     state, extra = inputs
     return apply(nnx.merge(graphdef, state), h, extra), None
 
   if remat != "none":
     step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
-  return jax.lax.scan(step, x, (stacked, xs))[0]
+  return jax.lax.scan(step, x, (stacked_state, xs))[0]
+
+
+def scan_layers(layers: Sequence, x, apply: Callable, xs=None, *, remat: str = "none"):
+  """x = apply(layers[i], x, xs[i]) for i = 0, 1, ... as one `jax.lax.scan`, for layers
+  stored unrolled (SwinV2's (plain, shifted) pairs).
+
+  `layers` are modules (or tuples of modules) of one structure. Their params are stacked
+  on a leading layers axis at call time and each scan step merges one slice back into a
+  module, so XLA compiles the layer once; the model's params keep the unrolled layout.
+  Static attributes come from layers[0]: what differs between layers (drop-path rates,
+  RNG keys) travels in `xs`. `remat` names a REMAT_POLICIES entry applied to each step.
+  """
+  stacked = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(layer) for layer in layers])
+  return _scan(nnx.graphdef(layers[0]), stacked, x, apply, xs, remat)
 
 
 class Encoder(nnx.Module):
   """A stack of blocks; drop-path grows linearly with depth (0 at the first block).
   inits: the blocks' kernel initialisers; depth_rescale: EVA's fix_init_weight on top.
 
-  scan=True runs the blocks as one `jax.lax.scan` (see `scan_layers`): same params, same
-  outputs and gradients, one compiled block instead of `depth`."""
+  scan=True stores the blocks stacked and runs them as one `jax.lax.scan` (see `Stacked`):
+  the same outputs and gradients and, read through `trees.fill`, the same weights as
+  unrolled; one compiled block instead of `depth`."""
 
   def __init__(self, depth, width, heads, mlp_dim, *, rngs, act="gelu", drop_path=0.0,
                ln_eps=1e-6, dtype=jnp.float32, remat="none", attn_impl=None,
                inits: BlockInits = BlockInits(), depth_rescale: bool = False, scan=False):
     check_remat(remat)
     self.remat, self.scan = remat, scan
-    rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-    self.blocks = nnx.List([
-        Block(width, heads, mlp_dim, rngs=rngs, act=act, drop_path=r, ln_eps=ln_eps,
-              dtype=dtype, attn_impl=attn_impl, inits=block_inits(inits, i, depth_rescale))
-        for i, r in enumerate(rates)])
+    self.rates = tuple(drop_path * i / max(depth - 1, 1) for i in range(depth))
+    blocks = [Block(width, heads, mlp_dim, rngs=rngs, act=act, drop_path=r, ln_eps=ln_eps,
+                    dtype=dtype, attn_impl=attn_impl,
+                    inits=block_inits(inits, i, depth_rescale))
+              for i, r in enumerate(self.rates)]
+    # Built unrolled either way, so a seed gives the same weights scanned or not.
+    self.blocks = Stacked(blocks) if scan else nnx.List(blocks)
 
   def __call__(self, x, rng=None, *, mask=None, causal=False):
     if self.scan:
@@ -257,16 +294,16 @@ class Encoder(nnx.Module):
     return x
 
   def _scanned(self, x, rng, *, mask, causal):
-    rates = [b.drop_path_rate for b in self.blocks]
     # Per-layer rates enter the scan only when some are non-zero (and a key asks for it).
-    rates = jnp.asarray(rates, jnp.float32) if rng is not None and any(rates) else None
-    keys = layer_keys(rng, range(len(self.blocks)))
+    rates = (jnp.asarray(self.rates, jnp.float32) if rng is not None and any(self.rates)
+             else None)
+    keys = layer_keys(rng, range(len(self.rates)))
 
     def apply(block, h, inputs):
       key, rate = inputs
       return block(h, key, mask=mask, causal=causal, drop_path_rate=rate)
 
-    return scan_layers(list(self.blocks), x, apply, (keys, rates), remat=self.remat)
+    return self.blocks.scan(x, apply, (keys, rates), remat=self.remat)
 
 
 def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> float:

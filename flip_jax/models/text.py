@@ -29,7 +29,7 @@ class TextTransformer(nnx.Module):
                scan: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     """padding_mask: a non-causal tower's keys at pad_id are masked ('mean' pooling always
     leaves padding out); init: the initialisation scheme (flip_jax.models.inits); scan: the
-    blocks as one scanned layer (models.layers.scan_layers)."""
+    blocks stored stacked and run as one scanned layer (models.layers.Stacked)."""
     if pool not in POOLS:
       raise ValueError(f"text pool must be one of {POOLS}, got {pool!r}")
     if max_len < 1:

@@ -94,7 +94,7 @@ class VisionTransformer(nnx.Module):
                init_std: float = 0.02, scan: bool = False, dtype=jnp.float32,
                rngs: nnx.Rngs):
     """init / init_std: the initialisation scheme (flip_jax.models.inits); scan: the blocks
-    as one scanned layer (models.layers.scan_layers)."""
+    stored stacked and run as one scanned layer (models.layers.Stacked)."""
     width, depth, heads, mlp_dim, self.patch = vit_dims(variant, width, depth, heads, mlp_dim)
     if not all((width, depth, heads, mlp_dim)):
       raise ValueError("a 'custom' ViT needs width, depth, heads and mlp_dim")

@@ -66,6 +66,13 @@ class Classify(Objective):
     if not 0.0 < c.classify.layer_decay <= 1.0:
       errors.append(f"config.classify.layer_decay: must be in (0, 1], got "
                     f"{c.classify.layer_decay}")
+    elif (c.classify.layer_decay != 1.0 and c.model.get("encoder") == "vit"
+          and c.model.image.scan):
+      # A scanned ViT stores its blocks as one stacked array per param (models.layers.
+      # Stacked), which one optimizer group updates at one lr.
+      errors.append("config.classify.layer_decay: layer-wise lr decay needs the ViT's "
+                    "blocks unrolled; set config.model.image.scan=false (the weights load "
+                    "either way)")
     return errors + from_config.encoder_errors(c)
 
   def build(self, rngs):

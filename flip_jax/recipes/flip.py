@@ -39,6 +39,8 @@ def laion_config(arg=None):
                        init="flip")
   c.model.text.update(causal=False, pool="first", act="gelu_tanh", init="flip",
                       special_tokens=False, padding_mask=False)
+  # Pod scale: one compiled block per tower (each config picks its remat policies by plan).
+  c.model.image.scan = c.model.text.scan = True
   c.tokenizer = "bert-base-uncased"
   c.text_len = 32
   c.data.update(source="wds", rrc_area=(0.5, 1.0), rrc_ratio=(3 / 4, 4 / 3), flip=True,
