@@ -19,6 +19,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from flip_jax import trees
 
 MESH_AXES = ("data", "fsdp", "tensor")
+LAYERS = "layers"  # the leading axis of a scanned tower's stacked params: never sharded
 
 # logical name -> mesh axes it may be sharded over, in order of preference.
 RULES: dict[str, tuple[str, ...]] = {
@@ -73,7 +74,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
   """
   used: set[str] = set()
   spec = []
-  per_layer = shape[1:] if shape is not None and axes and axes[0] == "layers" else shape
+  per_layer = shape[1:] if shape is not None and axes and axes[0] == LAYERS else shape
   small = shape is not None and math.prod(per_layer) < min_size
   for i, name in enumerate(axes):
     chosen = []

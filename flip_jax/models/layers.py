@@ -199,18 +199,18 @@ def layer_keys(rng, indices):
   return keys.reshape(indices.shape + keys.shape[1:])
 
 
-LAYERS_AXIS = "layers"  # the leading axis of stacked params; no sharding rule names it
+def _stacked_state(modules: Sequence):
+  return jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(m) for m in modules])
 
 
 def stack_modules(modules: Sequence) -> nnx.Module:
   """One module of modules[0]'s structure whose params are the modules' params stacked on
-  a leading 'layers' axis (their `axes` metadata gains it). Static attributes come from
-  modules[0]."""
-  state = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(m) for m in modules])
-  stacked = nnx.merge(nnx.graphdef(modules[0]), state)
+  a leading axis, named `sharding.LAYERS` in their `axes` metadata (no rule shards it).
+  Static attributes come from modules[0]."""
+  stacked = nnx.merge(nnx.graphdef(modules[0]), _stacked_state(modules))
   for _, v in nnx.iter_graph(stacked):
     if isinstance(v, nnx.Variable) and v.has_metadata("axes"):
-      v.set_metadata(axes=(LAYERS_AXIS,) + tuple(v.get_metadata()["axes"]))
+      v.set_metadata(axes=(sharding.LAYERS,) + tuple(v.get_metadata()["axes"]))
   return stacked
 
 
@@ -253,8 +253,7 @@ def scan_layers(layers: Sequence, x, apply: Callable, xs=None, *, remat: str = "
   Static attributes come from layers[0]: what differs between layers (drop-path rates,
   RNG keys) travels in `xs`. `remat` names a REMAT_POLICIES entry applied to each step.
   """
-  stacked = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.state(layer) for layer in layers])
-  return _scan(nnx.graphdef(layers[0]), stacked, x, apply, xs, remat)
+  return _scan(nnx.graphdef(layers[0]), _stacked_state(layers), x, apply, xs, remat)
 
 
 class Encoder(nnx.Module):
