@@ -20,7 +20,7 @@ def get_config(arg=None):
   c.image_size = 224
   c.model.encoder = "vit"
   c.model.image.update(variant="B/16", pos_emb="sincos2d", cls_token=True, pool="gap",
-                       drop_path=0.1, mask_token=True)
+                       drop_path=0.1, mask_token=True, scan=True)
   simmim_recipe.set_length(c, 800 * simmim_recipe.IMAGENET_TRAIN)
   c.evals.val = dict(type="val_loss", every_steps=5000, dataset="imagenet2012",
                      split="validation", batch_size=1024)

@@ -96,3 +96,21 @@ def test_reliability_keys_are_gathered_with_the_rest():
               "config.max_nonfinite_steps", "config.data.max_image_pixels",
               "config.mask_ratio"):
     assert key in message
+
+
+POD_CONFIGS = [n for n in CONFIGS if not n.endswith("_debug")]
+
+
+@pytest.mark.parametrize("name", POD_CONFIGS)
+def test_pod_configs_scan_their_towers(name):
+  """Every pod config runs its towers' blocks under scan (one compiled block per tower),
+  with a remat policy the model knows; the debug configs may stay unrolled."""
+  from flip_jax.models import layers
+  c = load_config(name)
+  if c.objective == "flip":
+    towers = ("image", "text")
+  else:
+    towers = ("swin",) if c.model.encoder == "swinv2" else ("image",)
+  for tower in towers:
+    assert c.model[tower].scan, (name, tower)
+    assert c.model[tower].remat in layers.REMAT_POLICIES, (name, tower)

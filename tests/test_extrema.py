@@ -352,3 +352,22 @@ def test_benchmark_sweeps_the_number_of_masks(capsys, monkeypatch):
       "model.image.cls_token", [False])
   with pytest.raises(ValueError, match="no key 'extrema.nope'"):
     benchmark.parse_sweep(c, "extrema.nope=1")
+
+
+def test_scanned_student_and_ema_teacher_equal_unrolled():
+  """extrema_b16 scans its towers: a scanned student (drop-path on) and its EMA teacher
+  take the same step as unrolled ones; the teacher's stacked weights are the unrolled
+  ones once unstacked (trees.unstack)."""
+  out = {}
+  for scan in (False, True):
+    c = tiny_config(**{"model.image.scan": scan, "model.image.drop_path": 0.1,
+                       "model.image.remat": "dots_no_batch" if scan else "none"})
+    trainer, mesh = one_device_trainer(c)
+    with jax.set_mesh(mesh):
+      state = trainer.init()
+      state, m = trainer.step(state, two_view_batch(c))
+    out[scan] = (float(m["loss"]), trees.unstack(trees.flatten(jax.device_get(state["extra"]))))
+  assert out[True][0] == pytest.approx(out[False][0], abs=1e-6)
+  assert out[True][1].keys() == out[False][1].keys()
+  for name, value in out[False][1].items():
+    np.testing.assert_allclose(out[True][1][name], value, atol=1e-6, err_msg=name)

@@ -49,6 +49,8 @@ def paper_config(arg=None) -> ml_collections.ConfigDict:
   c.batch_size = 4096
   c.total_samples = 150 * MERGED_30M
   c.model.image.drop_path = 0.1
+  # Pod scale: one compiled block; its non-batched matmul outputs saved (each size's plan).
+  c.model.image.update(scan=True, remat="dots_no_batch")
   c.data.update(source="tfds", name="imagenet2012", split="train", text_key="label",
                 rrc_area=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3), flip=True)
   c.optim.update(lr_per_256=1e-3 * 256 / 4096, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.05,

@@ -39,6 +39,7 @@ def imagenet_config(arg=None) -> ml_collections.ConfigDict:
   c.batch_size = 2048
   c.total_samples = 300 * IMAGENET_EPOCH
   c.model.image.drop_path = 0.1  # the student's; the EMA teacher never drops paths
+  c.model.image.scan = True  # pod scale: one compiled block (student and EMA teacher)
   # TFDS imagenet2012 records have no caption; the reader's second field is the label,
   # which the 'two_views' format drops.
   c.data.update(source="tfds", name="imagenet2012", split="train", text_key="label",
