@@ -73,9 +73,10 @@ def swinv2_config(variant: str, arg=None) -> ml_collections.ConfigDict:
   c = simmim_config()
   c.image_size = 192
   c.model.encoder = "swinv2"
-  # Pod scale: each stage's blocks scanned in (plain, shifted-window) pairs.
+  # Pod scale: each stage's blocks scanned in (plain, shifted-window) pairs, keeping their
+  # non-batched matmul outputs (SwinV2-g's plan, configs/simmim_swinv2_g.py).
   c.model.swin.update(variant=variant, window=12, patch=4, drop_path=0.1, mask_token=True,
-                      scan=True)
+                      scan=True, remat="dots_no_batch")
   c.simmim.norm_target_patch = 47  # official SwinV2 SimMIM pre-training config
   if variant == "g":
     # ~1B params: fp32 params + AdamW moments are 12.9 GB per device when replicated, which
