@@ -7,11 +7,11 @@ v3-512 (512 cores, 16 GiB each) at batch 65,536, from `python -m flip_jax.plan
 --config=configs/flip_h14.py --topology=v3:16x16 --mask_ratios=0.5,0.75` (the recipe's
 tanh GELU; 3.3-3.5 GiB of host memory a plan, 90-99 s of compile): the image tower keeps
 its MLP hidden layer ('mlp_hidden') and the text tower its non-batched matmul outputs
-('dots_no_batch'): 12.8 GiB per core at mask 0.5 (predicted 1.32 s a step, MFU 0.88)
-and 9.7 GiB at 0.75 (0.74 s). `qkv_out_proj` on the image tower costs the same (H/14's
-q, k, v and output projections are as wide as its MLP hidden layer); `dots_no_batch` on both towers needs
-17.6 GiB at mask 0.5 (it fits at 0.75: 12.2 GiB, 0.68 s). Unmasked (mask 0) needs more
-still, so the unmasked recipe fully remats the image tower, as ViT-L/16's must.
+('dots_no_batch'): 12.8 GiB per core at mask 0.5 (predicted 1.32 s a step, MFU 0.88) and
+9.7 GiB at 0.75 (0.74 s). `qkv_out_proj` on the image tower costs the same (H/14's q, k, v
+and output projections are as wide as its MLP hidden layer); `dots_no_batch` on both
+towers needs 17.6 GiB at mask 0.5 (it fits at 0.75: 12.2 GiB, 0.68 s). Unmasked (mask 0)
+needs more still, so the unmasked recipe fully remats the image tower, as ViT-L/16's must.
 """
 from flip_jax.recipes import flip as flip_recipe
 
