@@ -241,7 +241,7 @@ def _analyse(trainer, state, compiled, jaxpr, spec, num_devices) -> dict:
   # Collectives over arrays shaped like a weight (trained or extra): FSDP's gathers and
   # gradient reductions, told apart from the loss's gathers over the batch.
   # A scanned tower gathers one layer's slice of its stacked params at a time.
-  weight_dims = {tuple(x.shape[1:] if trees.STACKED in name.split("/") else x.shape)
+  weight_dims = {tuple(x.shape[1:] if trees.is_stacked(name) else x.shape)
                  for name, x in trees.flatten((state["params"], state["extra"])).items()}
   traffic = sum(r["traffic"] for r in records)
   try:

@@ -5,7 +5,10 @@ of ours.
 Scanned towers store their blocks stacked ('image/encoder/blocks/stacked/ln1/scale', one
 array with the block index as its leading axis, `models.layers.Stacked`); `unstack`
 names them as unrolled blocks, the one layout exports and converters speak, and `fill`
-reads either layout into either kind of model."""
+reads either layout into either kind of model. A list may also hold a stacked group
+beside unrolled entries: 'stacked_<first>_<stride>' (SwinV2's scanned (plain, shifted)
+pairs: 'blocks/stacked_4_2/1/attn/...' at index p is block 4 + 2p + 1). A group covers
+its list's consecutive entries up to the next key's."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -40,30 +43,55 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 STACKED = "stacked"  # a path segment: the leaves below it carry a leading layer axis
 
 
+def stacked_group(segment: str) -> tuple[int, int] | None:
+  """(first, stride) of a stacked path segment: 'stacked' -> (0, 1), 'stacked_4_2' ->
+  (4, 2) (entry p, member k is layer first + stride*p + k); None for other segments."""
+  if segment == STACKED:
+    return 0, 1
+  parts = segment.split("_")
+  if len(parts) == 3 and parts[0] == STACKED and parts[1].isdigit() and parts[2].isdigit():
+    return int(parts[1]), int(parts[2])
+  return None
+
+
+def group_key(first: int, stride: int) -> str:
+  return f"{STACKED}_{first}_{stride}"
+
+
+def is_stacked(name: str) -> bool:
+  """Whether the leaf `name` carries a leading layer axis."""
+  return any(stacked_group(seg) for seg in name.split("/"))
+
+
+def _layer_name(name: str, p: int) -> str:
+  """The unrolled name of layer slice p of the stacked leaf `name`."""
+  parts = name.split("/")
+  j = next(j for j, seg in enumerate(parts) if stacked_group(seg))
+  first, stride = stacked_group(parts[j])
+  if stride == 1:
+    return "/".join(parts[:j] + [str(first + p)] + parts[j + 1:])
+  return "/".join(parts[:j] + [str(first + stride * p + int(parts[j + 1]))] + parts[j + 2:])
+
+
 def unstack(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """{'a/stacked/b': [L, ...]} -> {'a/0/b': [...], ..., 'a/<L-1>/b': [...]}; other names
-  unchanged. Values are arrays or ShapeDtypeStructs."""
+  """{'a/stacked/b': [L, ...]} -> {'a/0/b': [...], ..., 'a/<L-1>/b': [...]} (and groups,
+  see the module doc); other names unchanged. Values are arrays or ShapeDtypeStructs."""
   out = {}
   for name, value in flat.items():
-    parts = name.split("/")
-    if STACKED not in parts:
+    if not is_stacked(name):
       out[name] = value
       continue
-    k = parts.index(STACKED)
-    for i in range(value.shape[0]):
-      out["/".join(parts[:k] + [str(i)] + parts[k + 1:])] = (
-          jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
-          if isinstance(value, jax.ShapeDtypeStruct) else value[i])
+    for p in range(value.shape[0]):
+      out[_layer_name(name, p)] = (jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+                                   if isinstance(value, jax.ShapeDtypeStruct) else value[p])
   return out
 
 
 def _restacked(name: str, shape: tuple, flat: Mapping[str, Any], source: str):
-  """The leaf `name` (with a 'stacked' segment) gathered from unrolled names in `flat`."""
-  parts = name.split("/")
-  k = parts.index(STACKED)
+  """The stacked leaf `name` gathered from unrolled names in `flat`."""
   values = []
-  for i in range(shape[0]):
-    layer = "/".join(parts[:k] + [str(i)] + parts[k + 1:])
+  for p in range(shape[0]):
+    layer = _layer_name(name, p)
     if layer not in flat:
       raise ValueError(f"{source}: has no param {layer!r}, which the model needs")
     values.append(np.asarray(flat[layer]))
@@ -82,7 +110,7 @@ def fill(abstract, flat: Mapping[str, Any], source: str, *, prefix: str = "",
   def pick(path, sds):
     name = "/".join(filter(None, (prefix, path_name(path))))
     shape = tuple(sds.shape)
-    if STACKED in name.split("/"):
+    if is_stacked(name):
       value = _restacked(name, shape, flat, source)
     elif name not in flat:
       raise ValueError(f"{source}: has no param {name!r}, which the model needs")
@@ -97,16 +125,60 @@ def fill(abstract, flat: Mapping[str, Any], source: str, *, prefix: str = "",
   return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
-def _prefixes(names) -> set[str]:
-  out = set()
+def _children(names) -> dict[str, set[str]]:
+  """path -> the segments right below it, over every leaf name."""
+  out: dict[str, set[str]] = {}
   for name in names:
     parts = name.split("/")
-    out.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for i in range(len(parts)):
+      out.setdefault("/".join(parts[:i]), set()).add(parts[i])
   return out
 
 
+def _is_layer_key(key) -> bool:
+  return str(key).isdigit() or stacked_group(str(key)) is not None
+
+
 def _is_layer_list(node) -> bool:
-  return isinstance(node, dict) and bool(node) and all(str(k).isdigit() for k in node)
+  """A list of layers as a param tree holds it: keys that are indices or stacked groups."""
+  return isinstance(node, dict) and bool(node) and all(_is_layer_key(k) for k in node)
+
+
+def _unrolled(node: dict, take: Callable) -> dict[int, Any]:
+  """A layer list's entries by layer index; a stacked group's slice p is take(leaf, p)."""
+  out = {}
+  for key, sub in node.items():
+    group = stacked_group(str(key))
+    if group is None:
+      out[int(key)] = sub
+      continue
+    first, stride = group
+    n = jax.tree.leaves(sub)[0].shape[0]
+    for k, member in (sub.items() if stride > 1 else [(0, sub)]):
+      for p in range(n):
+        out[first + stride * p + int(k)] = jax.tree.map(lambda x, p=p: take(x, p), member)
+  return out
+
+
+def _grouped(unrolled: dict[int, Any], keys, stack: Callable) -> dict:
+  """`unrolled` laid out under a layer list's `keys`: an index key takes its layer, a
+  stacked group `stack`s the consecutive layers up to the next key's."""
+  starts = sorted(int(k) if str(k).isdigit() else stacked_group(str(k))[0] for k in keys)
+  end = max(unrolled) + 1
+  out = {}
+  for key in keys:
+    group = stacked_group(str(key))
+    if group is None:
+      out[key] = unrolled[int(key)]
+      continue
+    first, stride = group
+    n = (next((s for s in starts if s > first), end) - first) // stride
+
+    def stacked(k, first=first, stride=stride, n=n):
+      return jax.tree.map(lambda *x: stack(x), *[unrolled[first + stride * p + k]
+                                                 for p in range(n)])
+    out[key] = stacked(0) if stride == 1 else {k: stacked(k) for k in range(stride)}
+  return out
 
 
 def _layer_axis(sds, layers: int | None):
@@ -123,18 +195,18 @@ def as_layout(abstract, names) -> Any:
   """`abstract` (a tree of ShapeDtypeStructs, sharded or not) with its scanned blocks laid
   out as in the tree whose leaf names are `names` (a checkpoint's): stacked where those
   are stacked, unrolled where they are unrolled; the layer axis is never sharded."""
-  prefixes = _prefixes(names)
+  children = _children(names)
 
   def walk(node, path):
     if isinstance(node, dict):
-      stacked_there = f"{path}/{STACKED}" in prefixes
-      if set(node) == {STACKED} and not stacked_there and f"{path}/0" in prefixes:
-        layers = jax.tree.leaves(node[STACKED])[0].shape[0]
-        one = jax.tree.map(lambda s: _layer_axis(s, None), node[STACKED])
-        return {i: one for i in range(layers)}
-      if _is_layer_list(node) and stacked_there:
-        keys = sorted(node, key=int)
-        return {STACKED: jax.tree.map(lambda s: _layer_axis(s, len(keys)), node[keys[0]])}
+      theirs = children.get(path, set())
+      if (_is_layer_list(node) and theirs and all(map(_is_layer_key, theirs))
+              and theirs != {str(k) for k in node}):
+        # Index keys as ints (a list's), unless a group's string key sits beside them.
+        grouped = any(stacked_group(k) for k in theirs)
+        keys = [k if grouped or not k.isdigit() else int(k) for k in theirs]
+        return _grouped(_unrolled(node, lambda s, _: _layer_axis(s, None)), keys,
+                        lambda xs: _layer_axis(xs[0], len(xs)))
       return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
       keys = getattr(node, "_fields", range(len(node)))  # as a key path names them
@@ -148,12 +220,9 @@ def relayout(tree, target) -> Any:
   """`tree`'s values in `target`'s layout of scanned blocks: layers stacked where target
   holds them stacked and `tree` unrolled, sliced where the other way round (traceable)."""
   if isinstance(target, dict):
-    if set(target) == {STACKED} and _is_layer_list(tree):
-      layers = [tree[k] for k in sorted(tree, key=int)]
-      return {STACKED: jax.tree.map(lambda *x: jnp.stack(x), *layers)}
-    if _is_layer_list(target) and isinstance(tree, dict) and set(tree) == {STACKED}:
-      return {k: jax.tree.map(lambda x, i=i: x[i], tree[STACKED])
-              for i, k in enumerate(sorted(target, key=int))}
+    if (_is_layer_list(target) and _is_layer_list(tree)
+            and {str(k) for k in tree} != {str(k) for k in target}):
+      return _grouped(_unrolled(tree, lambda x, p: x[p]), list(target), jnp.stack)
     return {k: relayout(tree[k], target[k]) for k in target}
   if isinstance(target, (list, tuple)):
     items = [relayout(a, b) for a, b in zip(tree, target)]

@@ -59,7 +59,31 @@ def test_scanned_swin_equals_unrolled():
 
       out.append(nnx.value_and_grad(loss)(m))
     np.testing.assert_allclose(out[1][0], out[0][0], rtol=0, atol=1e-6)
-    assert_grads_close(nnx.to_pure_dict(out[1][1]), nnx.to_pure_dict(out[0][1]))
+    unrolled = [trees.unstack(trees.flatten(nnx.to_pure_dict(g))) for _, g in out]
+    assert_grads_close(unrolled[1], unrolled[0])
+  # the pairs are stored stacked: blocks 2 + 2p + k at 'blocks/stacked_2_2/<k>', block 6 apart
+  names = trees.flatten(nnx.to_pure_dict(nnx.state(m, nnx.Param)))
+  assert names["blocks/stacked_2_2/1/attn/q/kernel"].shape == (2, 32, 4, 8)
+  assert {n.split("/")[1] for n in names if n.startswith("blocks/")} == {
+      "0", "1", "stacked_2_2", "6"}
+
+
+def test_swin_checkpoints_convert_between_layouts():
+  """A scanned SwinV2's params (stacked pairs beside unrolled blocks) relaid out as an
+  unrolled model's and back, abstractly (as a checkpoint restore reads them) and in value."""
+  kw = dict(image_size=32, variant="custom", embed_dim=16, depths=(2, 5), heads=(2, 4),
+            patch=2, window=4)
+  params = {scan: nnx.to_pure_dict(nnx.state(swin.SwinTransformerV2(
+      rngs=nnx.Rngs(0), scan=scan, **kw), nnx.Param)) for scan in (False, True)}
+  assert_same_by_name(params[True], params[False])  # one seed, the same weights
+  for src, dst in ((True, False), (False, True)):
+    moved = trees.relayout(params[src], params[dst])
+    assert jax.tree.structure(moved) == jax.tree.structure(params[dst])
+    assert_same_by_name(moved, params[dst])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params[dst])
+    laid = trees.as_layout(abstract, list(trees.flatten(params[src])))
+    assert (trees.flatten(jax.tree.map(lambda s: s.shape, laid))
+            == trees.flatten(jax.tree.map(np.shape, params[src])))
 
 
 def test_scan_compiles_one_block():
@@ -216,12 +240,13 @@ def test_scanned_params_are_stacked_and_sharded_per_layer():
   assert not any("/blocks/0/" in n for n in specs if n.startswith(("image/", "text/")))
 
 
-def test_layer_decay_refuses_a_scanned_vit():
+@pytest.mark.parametrize("encoder,flag", [("vit", "image"), ("swinv2", "swin")])
+def test_layer_decay_refuses_a_scanned_encoder(encoder, flag):
   from flip_jax import config_check
   from helpers import load_config
-  c = load_config("classify_debug", "vit")
+  c = load_config("classify_debug", encoder)
   c.classify.layer_decay = 0.75
-  c.model.image.scan = True
+  c.model[flag].scan = True
   with pytest.raises(config_check.ConfigError, match=r"config.classify.layer_decay: .*"
-                     r"config.model.image.scan=false"):
+                     rf"config.model.{flag}.scan=false"):
     config_check.validate(c, 1)

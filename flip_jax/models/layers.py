@@ -222,7 +222,7 @@ class Stacked(nnx.Module):
   is the layout checkpoints are read in (see `trees.fill`), so a scanned and an unrolled
   model load each other's weights. Stored stacked, the optimizer, the gradient and the
   FSDP gathers see one array per kind of param instead of one per layer, so the compiled
-  step shrinks with depth (a stack made at call time, `scan_layers`, adds copies)."""
+  step shrinks with depth."""
 
   def __init__(self, layers: Sequence):
     self.depth = len(layers)
@@ -230,7 +230,7 @@ class Stacked(nnx.Module):
 
   def scan(self, x, apply: Callable, xs=None, *, remat: str = "none"):
     """x = apply(layer i, x, xs[i]) for i = 0 .. depth-1 as one `jax.lax.scan`."""
-    return _scan(*nnx.split(self.stacked), x, apply, xs, remat)
+    return scan_stacked(self.stacked, x, apply, xs, remat=remat)
 
 
 def _scan(graphdef, stacked_state, x, apply, xs, remat):
@@ -243,17 +243,12 @@ def _scan(graphdef, stacked_state, x, apply, xs, remat):
   return jax.lax.scan(step, x, (stacked_state, xs))[0]
 
 
-def scan_layers(layers: Sequence, x, apply: Callable, xs=None, *, remat: str = "none"):
-  """x = apply(layers[i], x, xs[i]) for i = 0, 1, ... as one `jax.lax.scan`, for layers
-  stored unrolled (SwinV2's (plain, shifted) pairs).
-
-  `layers` are modules (or tuples of modules) of one structure. Their params are stacked
-  on a leading layers axis at call time and each scan step merges one slice back into a
-  module, so XLA compiles the layer once; the model's params keep the unrolled layout.
-  Static attributes come from layers[0]: what differs between layers (drop-path rates,
-  RNG keys) travels in `xs`. `remat` names a REMAT_POLICIES entry applied to each step.
-  """
-  return _scan(nnx.graphdef(layers[0]), _stacked_state(layers), x, apply, xs, remat)
+def scan_stacked(stacked: nnx.Module, x, apply: Callable, xs=None, *, remat: str = "none"):
+  """x = apply(layer i, x, xs[i]) over a module of stacked layers (`stack_modules`) as one
+  `jax.lax.scan`. Static attributes come from the first layer: what differs between
+  layers (drop-path rates, RNG keys) travels in `xs`. `remat` names a REMAT_POLICIES
+  entry applied to each step."""
+  return _scan(*nnx.split(stacked), x, apply, xs, remat)
 
 
 class Encoder(nnx.Module):

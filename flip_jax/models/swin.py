@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flip_jax import sharding
+from flip_jax import sharding, trees
 from flip_jax.models.layers import (REMAT_POLICIES, Dense, LayerNorm, Mlp, check_remat, drop_path,
-                                   layer_keys, param, scan_layers)
+                                   layer_keys, param, scan_stacked, stack_modules)
 from flip_jax.models.vit import patchify
 
 # name -> (embed_dim C of stage 1, depths, heads): SwinV2 paper's model table (head dim 32);
@@ -254,8 +254,10 @@ class SwinTransformerV2(nnx.Module):
                scan: bool = False, mask_token: bool = False, dtype=jnp.float32,
                rngs: nnx.Rngs):
     """pretrained_windows: per stage, the window the bias MLP was trained with (fine-tuning
-    at a larger window); () = each stage's own window. scan: each stage's blocks run as one
-    `jax.lax.scan` over (plain, shifted-window) pairs, same params (`layers.scan_layers`)."""
+    at a larger window); () = each stage's own window. scan: a stage of 4 or more blocks
+    stores its (plain, shifted-window) pairs stacked, 'blocks/stacked_<first>_2/<0|1>/...'
+    (see flip_jax.trees; an odd last block stays 'blocks/<i>'), and runs them as one
+    `jax.lax.scan`. Built unrolled either way, so a seed gives the same weights."""
     embed_dim, depths, heads = resolve_variant(variant, embed_dim, depths, heads)
     check_remat(remat)
     if pretrained_windows and len(pretrained_windows) != len(depths):
@@ -276,7 +278,7 @@ class SwinTransformerV2(nnx.Module):
     self.mask_token = (param(rngs, jax.nn.initializers.normal(0.02), (embed_dim,), ("embed",))
                        if mask_token else None)
     total = sum(depths)
-    rates = [drop_path * i / max(total - 1, 1) for i in range(total)]
+    self.rates = rates = tuple(drop_path * i / max(total - 1, 1) for i in range(total))
     blocks, merges, i = [], [], 0
     for s, ((res, w, shift), depth) in enumerate(zip(geometry, depths)):
       dim = embed_dim * 2 ** s
@@ -288,8 +290,9 @@ class SwinTransformerV2(nnx.Module):
         i += 1
       if s < len(depths) - 1:
         merges.append(PatchMerging(dim, res, rngs=rngs, dtype=dtype))
-    # One flat list of blocks (global index = depth position, as layer-wise lr decay counts).
-    self.blocks = nnx.List(blocks)
+    # One flat list of blocks (global index = depth position, as layer-wise lr decay counts);
+    # scanned, each stage's pairs are one stacked entry of it.
+    self.blocks = nnx.Dict(self._stored(blocks)) if scan else nnx.List(blocks)
     self.merges = nnx.List(merges)
     self.norm = LayerNorm(self.num_features, rngs=rngs, eps=1e-5, dtype=dtype)
 
@@ -307,12 +310,12 @@ class SwinTransformerV2(nnx.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"))
     i = 0
     for s, depth in enumerate(self.depths):
-      pairs = depth // 2 if self.scan and depth >= 4 else 0
+      pairs = self._pairs(depth)
       if pairs:
         x = self._scanned_pairs(i, pairs, x, rng)
       for j in range(i + 2 * pairs, i + depth):
-        x = self._block(self.blocks[j], x, jax.random.fold_in(rng, j) if rng is not None
-                        else None)
+        block = self.blocks[str(j)] if self.scan else self.blocks[j]
+        x = self._block(block, x, jax.random.fold_in(rng, j) if rng is not None else None)
       i += depth
       if s < len(self.depths) - 1:
         x = self.merges[s](x)
@@ -324,11 +327,28 @@ class SwinTransformerV2(nnx.Module):
       return block(x, rng)
     return nnx.remat(lambda b, h, k: b(h, k), policy=REMAT_POLICIES[self.remat])(block, x, rng)
 
+  def _pairs(self, depth: int) -> int:
+    """(plain, shifted) pairs of a stage that run scanned: none below 4 blocks."""
+    return depth // 2 if self.scan and depth >= 4 else 0
+
+  def _stored(self, blocks) -> dict:
+    """The scanned layout: each stage's pairs stacked under 'stacked_<first>_2', the other
+    blocks under their index."""
+    stored, i = {}, 0
+    for depth in self.depths:
+      pairs = self._pairs(depth)
+      if pairs:
+        stored[trees.group_key(i, 2)] = stack_modules(
+            [nnx.List(blocks[i + 2 * p:i + 2 * p + 2]) for p in range(pairs)])
+      stored.update({str(j): blocks[j] for j in range(i + 2 * pairs, i + depth)})
+      i += depth
+    return stored
+
   def _scanned_pairs(self, first: int, pairs: int, x, rng):
-    """Blocks first .. first + 2*pairs - 1 of a stage as a scan over (plain, shifted) pairs
-    (the two differ in static shift, so a pair is the unit that repeats)."""
+    """Blocks first .. first + 2*pairs - 1 of a stage as a scan over its stacked (plain,
+    shifted) pairs (the two differ in static shift, so a pair is the unit that repeats)."""
     index = [(first + 2 * p, first + 2 * p + 1) for p in range(pairs)]
-    rates = [(self.blocks[a].drop_path_rate, self.blocks[b].drop_path_rate) for a, b in index]
+    rates = [(self.rates[a], self.rates[b]) for a, b in index]
     rates = (jnp.asarray(rates, jnp.float32) if rng is not None and any(map(any, rates))
              else None)
     keys = layer_keys(rng, index)
@@ -340,8 +360,8 @@ class SwinTransformerV2(nnx.Module):
                   drop_path_rate=None if rate is None else rate[k])
       return h
 
-    return scan_layers([(self.blocks[a], self.blocks[b]) for a, b in index], x, apply,
-                       (keys, rates), remat=self.remat)
+    return scan_stacked(self.blocks[trees.group_key(first, 2)], x, apply, (keys, rates),
+                        remat=self.remat)
 
 
 def layer_id(path: str, depths: Sequence[int]) -> int:

@@ -36,6 +36,10 @@ LAYER_IDS = {
 }
 
 
+# Per encoder, the config.model flag that stores its blocks stacked.
+SCAN_FLAGS = {"vit": "image.scan", "swinv2": "swin.scan"}
+
+
 def layer_decay_scales(params, encoder: str, depths, decay: float):
   """lr factor per param: decay^(L + 1 - layer id); params outside 'encoder/' (the head) 1."""
   top = sum(depths) + 1
@@ -66,13 +70,14 @@ class Classify(Objective):
     if not 0.0 < c.classify.layer_decay <= 1.0:
       errors.append(f"config.classify.layer_decay: must be in (0, 1], got "
                     f"{c.classify.layer_decay}")
-    elif (c.classify.layer_decay != 1.0 and c.model.get("encoder") == "vit"
-          and c.model.image.scan):
-      # A scanned ViT stores its blocks as one stacked array per param (models.layers.
-      # Stacked), which one optimizer group updates at one lr.
-      errors.append("config.classify.layer_decay: layer-wise lr decay needs the ViT's "
-                    "blocks unrolled; set config.model.image.scan=false (the weights load "
-                    "either way)")
+    elif c.classify.layer_decay != 1.0 and c.model.get("encoder") in SCAN_FLAGS:
+      # A scanned encoder stores its blocks as stacked arrays (models.layers.Stacked,
+      # SwinV2's pairs), which one optimizer group updates at one lr.
+      flag = SCAN_FLAGS[c.model.encoder]
+      if c.model[flag.split(".")[0]][flag.split(".")[1]]:
+        errors.append(f"config.classify.layer_decay: layer-wise lr decay needs the "
+                      f"encoder's blocks unrolled; set config.model.{flag}=false (the "
+                      f"weights load either way)")
     return errors + from_config.encoder_errors(c)
 
   def build(self, rngs):
