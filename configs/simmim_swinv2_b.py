@@ -9,8 +9,8 @@ Argument: the length, '125k' (default) | '250k' | '500k' iterations at batch 204
 
 Scanned stages keep their non-batched matmul outputs (the recipe's 'dots_no_batch'):
 `python -m flip_jax.plan --config=configs/simmim_swinv2_b.py --topology=v4:4x4x4` (64
-chips, batch 32 a chip) plans 5.2 GiB a chip, 0.117 s a step, 429 s of compile; without
-remat 14.9 GiB, 0.124 s, 369 s (two plans at a time on the 2-core machine).
+chips, batch 32 a chip) plans 4.8 GiB a chip, 0.112 s a step, 186 s of compile; without
+remat 14.5 GiB, 0.119 s, 151 s (one plan at a time on the 2-core machine).
 """
 from flip_jax.recipes import simmim as simmim_recipe
 
