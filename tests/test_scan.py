@@ -68,9 +68,9 @@ def test_scanned_swin_equals_unrolled():
       "0", "1", "stacked_2_2", "6"}
 
 
-def test_swin_checkpoints_convert_between_layouts():
+def test_swin_checkpoints_convert_between_layouts(tmp_path):
   """A scanned SwinV2's params (stacked pairs beside unrolled blocks) relaid out as an
-  unrolled model's and back, abstractly (as a checkpoint restore reads them) and in value."""
+  unrolled model's and back: abstractly, in value, and through an Orbax checkpoint."""
   kw = dict(image_size=32, variant="custom", embed_dim=16, depths=(2, 5), heads=(2, 4),
             patch=2, window=4)
   params = {scan: nnx.to_pure_dict(nnx.state(swin.SwinTransformerV2(
@@ -84,6 +84,15 @@ def test_swin_checkpoints_convert_between_layouts():
     laid = trees.as_layout(abstract, list(trees.flatten(params[src])))
     assert (trees.flatten(jax.tree.map(lambda s: s.shape, laid))
             == trees.flatten(jax.tree.map(np.shape, params[src])))
+    mgr = checkpoint.manager(str(tmp_path / f"from_{src}"), every_steps=1, keep=1,
+                             use_async=False)
+    checkpoint.save(mgr, 1, params[src])
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored = checkpoint.restore(mgr, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params[dst]))
+    mgr.close()
+    assert jax.tree.structure(restored) == jax.tree.structure(params[dst])
+    assert_same_by_name(restored, params[dst])
 
 
 def test_scan_compiles_one_block():
