@@ -160,24 +160,36 @@ def _unrolled(node: dict, take: Callable) -> dict[int, Any]:
   return out
 
 
-def _grouped(unrolled: dict[int, Any], keys, stack: Callable) -> dict:
+def _grouped(unrolled: dict[int, Any], keys, stack: Callable) -> dict | None:
   """`unrolled` laid out under a layer list's `keys`: an index key takes its layer, a
-  stacked group `stack`s the consecutive layers up to the next key's."""
+  stacked group `stack`s the consecutive layers up to the next key's. None when the keys
+  do not lay out exactly these layers (another depth: nothing to convert)."""
   starts = sorted(int(k) if str(k).isdigit() else stacked_group(str(k))[0] for k in keys)
   end = max(unrolled) + 1
-  out = {}
+  layout = {}
   for key in keys:
     group = stacked_group(str(key))
     if group is None:
-      out[key] = unrolled[int(key)]
+      layout[key] = [[int(key)]]
       continue
     first, stride = group
     n = (next((s for s in starts if s > first), end) - first) // stride
+    layout[key] = [[first + stride * p + k for p in range(n)] for k in range(stride)]
+  layers = [i for members in layout.values() for m in members for i in m]
+  if sorted(layers) != sorted(unrolled):
+    return None
 
-    def stacked(k, first=first, stride=stride, n=n):
-      return jax.tree.map(lambda *x: stack(x), *[unrolled[first + stride * p + k]
-                                                 for p in range(n)])
-    out[key] = stacked(0) if stride == 1 else {k: stacked(k) for k in range(stride)}
+  def stacked(indices):
+    return jax.tree.map(lambda *x: stack(x), *[unrolled[i] for i in indices])
+
+  out = {}
+  for key, members in layout.items():
+    if stacked_group(str(key)) is None:
+      out[key] = unrolled[members[0][0]]
+    elif len(members) == 1:  # stride 1: the layers themselves
+      out[key] = stacked(members[0])
+    else:  # one stack per member of the group
+      out[key] = {k: stacked(m) for k, m in enumerate(members)}
   return out
 
 
@@ -205,8 +217,10 @@ def as_layout(abstract, names) -> Any:
         # Index keys as ints (a list's), unless a group's string key sits beside them.
         grouped = any(stacked_group(k) for k in theirs)
         keys = [k if grouped or not k.isdigit() else int(k) for k in theirs]
-        return _grouped(_unrolled(node, lambda s, _: _layer_axis(s, None)), keys,
+        laid = _grouped(_unrolled(node, lambda s, _: _layer_axis(s, None)), keys,
                         lambda xs: _layer_axis(xs[0], len(xs)))
+        if laid is not None:  # else the restore names what the checkpoint lacks
+          return laid
       return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
       keys = getattr(node, "_fields", range(len(node)))  # as a key path names them
@@ -222,7 +236,11 @@ def relayout(tree, target) -> Any:
   if isinstance(target, dict):
     if (_is_layer_list(target) and _is_layer_list(tree)
             and {str(k) for k in tree} != {str(k) for k in target}):
-      return _grouped(_unrolled(tree, lambda x, p: x[p]), list(target), jnp.stack)
+      laid = _grouped(_unrolled(tree, lambda x, p: x[p]), list(target), jnp.stack)
+      if laid is None:
+        raise ValueError(f"layers {sorted(map(str, tree))} cannot be laid out as "
+                         f"{sorted(map(str, target))}")
+      return laid
     return {k: relayout(tree[k], target[k]) for k in target}
   if isinstance(target, (list, tuple)):
     items = [relayout(a, b) for a, b in zip(tree, target)]

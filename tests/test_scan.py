@@ -229,9 +229,12 @@ def test_fill_reads_either_layout_into_either_model():
   for source in (stacked, unrolled):
     assert_same_by_name(trees.fill(as_stacked, source, "src"), stacked)
     assert_same_by_name(trees.fill(as_unrolled, source, "src"), stacked)
+  # a checkpoint's layout is taken only where it holds the model's layers
+  assert trees.as_layout(as_stacked, list(unrolled)) == {**as_unrolled, "head": sds((2,), f32)}
   del unrolled["enc/blocks/2/w"]
   with pytest.raises(ValueError, match=r"src: has no param 'enc/blocks/2/w'"):
     trees.fill(as_stacked, unrolled, "src")
+  assert trees.as_layout(as_stacked, list(unrolled)) == as_stacked
 
 
 def test_scanned_params_are_stacked_and_sharded_per_layer():
