@@ -36,8 +36,8 @@ LAYER_IDS = {
 }
 
 
-# Per encoder, the config.model flag that stores its blocks stacked.
-SCAN_FLAGS = {"vit": "image.scan", "swinv2": "swin.scan"}
+# Per encoder, the config.model section whose `scan` stores its blocks stacked.
+SCAN_SECTIONS = {"vit": "image", "swinv2": "swin"}
 
 
 def layer_decay_scales(params, encoder: str, depths, decay: float):
@@ -70,14 +70,14 @@ class Classify(Objective):
     if not 0.0 < c.classify.layer_decay <= 1.0:
       errors.append(f"config.classify.layer_decay: must be in (0, 1], got "
                     f"{c.classify.layer_decay}")
-    elif c.classify.layer_decay != 1.0 and c.model.get("encoder") in SCAN_FLAGS:
+    elif (c.classify.layer_decay != 1.0 and c.model.get("encoder") in SCAN_SECTIONS
+          and c.model[SCAN_SECTIONS[c.model.encoder]].scan):
       # A scanned encoder stores its blocks as stacked arrays (models.layers.Stacked,
       # SwinV2's pairs), which one optimizer group updates at one lr.
-      flag = SCAN_FLAGS[c.model.encoder]
-      if c.model[flag.split(".")[0]][flag.split(".")[1]]:
-        errors.append(f"config.classify.layer_decay: layer-wise lr decay needs the "
-                      f"encoder's blocks unrolled; set config.model.{flag}=false (the "
-                      f"weights load either way)")
+      errors.append(f"config.classify.layer_decay: layer-wise lr decay needs the "
+                    f"encoder's blocks unrolled; set config.model."
+                    f"{SCAN_SECTIONS[c.model.encoder]}.scan=false (the weights load "
+                    f"either way)")
     return errors + from_config.encoder_errors(c)
 
   def build(self, rngs):
